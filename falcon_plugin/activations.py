@@ -1,0 +1,147 @@
+"""Model glue for activations: decoder-layer discovery and the truncated forward to layer l*.
+
+FALCON's losses only need the activations at layer l*. One step therefore needs:
+
+1. a no-grad pass of the *frozen* model through layers 0..l* (the trainable tensors swapped for
+   their frozen copies with ``torch.func.functional_call``; nothing above l*, no lm_head), which
+   yields the frozen activation at l*, the input of the first trainable layer, and the exact
+   arguments the model passes to each layer first..l* (masks, rotary embeddings, ...);
+2. a pass with grad through the trainable layers first..l* only, from that input, re-using those
+   arguments, which yields the updated activation.
+
+Re-using the arguments the model itself built keeps this independent of how a given transformers
+version builds causal masks and position embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+_LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+
+
+class ModelStructureError(ValueError):
+    """The model is not a decoder-only LM whose layers FALCON can find."""
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return (dotted name, ModuleList) of the model's decoder layers (Llama, Mistral, Qwen, GPT-2, NeoX, OPT)."""
+    for path in _LAYER_PATHS:
+        module: Any = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return path, module
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if candidates:
+        return max(candidates, key=lambda item: len(item[1]))
+    raise ModelStructureError(
+        f"cannot find decoder layers in {type(model).__name__}: expected a ModuleList at one of {', '.join(_LAYER_PATHS)}"
+    )
+
+
+def layer_index_of(param_name: str, layers_path: str) -> int | None:
+    """Decoder-layer index a parameter belongs to (``model.layers.7.mlp...`` -> 7), else None."""
+    match = re.match(re.escape(layers_path) + r"\.(\d+)\.", param_name)
+    return int(match.group(1)) if match else None
+
+
+def layer_output(output: Any) -> torch.Tensor:
+    """Hidden states from a decoder layer's output (a tensor in transformers 5, a tuple in 4.x)."""
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a forward pass early (nothing above the hooked layer runs)."""
+
+
+@contextlib.contextmanager
+def _hooks(handles: list[Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_until(model: nn.Module, inputs: Mapping[str, torch.Tensor], last_layer: nn.Module) -> None:
+    """Run ``model(**inputs)`` and stop right after ``last_layer`` returns (its hooks have fired)."""
+
+    def stop(_module: nn.Module, _args: Any, _output: Any) -> None:
+        raise _StopForward
+
+    with _hooks([last_layer.register_forward_hook(stop)]), contextlib.suppress(_StopForward):
+        model(**inputs, use_cache=False)
+
+
+@dataclass
+class LayerCalls:
+    """What the model passed to each layer first..l* on one batch, and the frozen activation at l*."""
+
+    hidden_in: torch.Tensor
+    """Input hidden states of the first trainable layer."""
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    """(positional args after hidden_states, keyword args) per layer first..l*."""
+    frozen_out: torch.Tensor
+    """Frozen model's output of layer l*."""
+
+
+def frozen_prefix_pass(
+    model: nn.Module,
+    layers: nn.ModuleList,
+    first: int,
+    target: int,
+    inputs: Mapping[str, torch.Tensor],
+    frozen_params: Mapping[str, torch.Tensor],
+) -> LayerCalls:
+    """No-grad pass through layers 0..``target`` with ``frozen_params`` swapped in (``functional_call``).
+
+    Records the input of layer ``first``, the arguments of layers first..target and the output of
+    layer ``target``. The model runs in eval mode for this pass (the frozen reference model).
+    """
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    captured: dict[str, torch.Tensor] = {}
+
+    def record_call(index: int):
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if index == first:
+                captured["hidden_in"] = args[0] if args else kwargs["hidden_states"]
+            rest = args[1:] if args else ()
+            kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            calls.append((rest, kw))
+
+        return hook
+
+    def record_out(_module: nn.Module, _args: Any, output: Any) -> None:
+        captured["frozen_out"] = layer_output(output)
+        raise _StopForward
+
+    handles = [layers[i].register_forward_pre_hook(record_call(i), with_kwargs=True) for i in range(first, target + 1)]
+    handles.append(layers[target].register_forward_hook(record_out))
+    was_training = model.training
+    model.eval()
+    try:
+        with _hooks(handles), torch.no_grad(), contextlib.suppress(_StopForward):
+            torch.func.functional_call(model, dict(frozen_params), args=(), kwargs={**inputs, "use_cache": False}, strict=False)
+    finally:
+        model.train(was_training)
+    if "frozen_out" not in captured:
+        raise ModelStructureError(f"layer {target} was never called by {type(model).__name__}.forward")
+    return LayerCalls(captured["hidden_in"], calls, captured["frozen_out"])
+
+
+def run_layers(layers: nn.ModuleList, first: int, record: LayerCalls) -> torch.Tensor:
+    """Run layers first..l* (live parameters, grad enabled) from the recorded input and arguments."""
+    hidden = record.hidden_in
+    for offset, (args, kwargs) in enumerate(record.calls):
+        hidden = layer_output(layers[first + offset](hidden, *args, **kwargs))
+    return hidden

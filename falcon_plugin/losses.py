@@ -1,0 +1,80 @@
+"""Step 2.1b: FALCON's contrastive forget loss and cosine retain loss (pure tensor functions).
+
+Both losses are computed in float32 whatever the model's dtype, and only over the tokens a boolean
+mask selects: the host marks prompt and padding tokens with ``labels == -100``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+class EmptyMaskError(ValueError):
+    """A batch has no token to compute a loss on (all padding, or no answer tokens)."""
+
+
+def token_mask(labels: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Tokens a loss sees: ``labels != -100`` when labels exist, else ``attention_mask == 1``."""
+    if labels is not None:
+        mask = labels != IGNORE_INDEX
+        if attention_mask is not None:
+            mask = mask & attention_mask.bool()
+        return mask
+    if attention_mask is None:
+        raise ValueError("token_mask needs labels or an attention_mask")
+    return attention_mask.bool()
+
+
+def _select(tensor: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
+    if mask.shape != tensor.shape[: mask.dim()]:
+        raise ValueError(f"{what}: mask shape {tuple(mask.shape)} does not match activations {tuple(tensor.shape)}")
+    if not bool(mask.any()):
+        raise EmptyMaskError(f"{what}: no token selected (every sequence is padding or has no answer tokens)")
+    return tensor[mask].float()
+
+
+def info_nce_forget_loss(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negatives: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """InfoNCE forget loss L_F of FALCON (paper Eq. 6), averaged over the masked tokens.
+
+    For each selected token with updated activation a (the anchor), positive p and negatives n_j:
+
+        L_F = -log( exp(cos(a, p)/tau) / (exp(cos(a, p)/tau) + sum_j exp(cos(a, n_j)/tau)) )
+
+    Args:
+        anchor: updated-model activations at layer l*, shape (B, T, D).
+        positive: the scaled principal offset vector, shape (D,) (shared) or (B, T, D).
+        negatives: frozen-model activations, shape (B, T, D) (one negative per token, as the
+            official code) or (B, T, M, D).
+        mask: boolean (B, T), the tokens that count.
+        temperature: tau > 0.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    a = F.normalize(_select(anchor, mask, "forget loss"), dim=-1)  # (N, D)
+    if positive.dim() == 1:
+        p = F.normalize(positive.float(), dim=-1).expand_as(a)
+    else:
+        p = F.normalize(_select(positive, mask, "forget loss positive"), dim=-1)
+    n = F.normalize(_select(negatives, mask, "forget loss negatives"), dim=-1)
+    if n.dim() == 2:
+        n = n.unsqueeze(1)  # (N, 1, D)
+    positive_logit = (a * p).sum(-1, keepdim=True)  # (N, 1)
+    negative_logits = torch.einsum("nd,nmd->nm", a, n)  # (N, M)
+    logits = torch.cat([positive_logit, negative_logits], dim=-1) / temperature
+    return (torch.logsumexp(logits, dim=-1) - logits[:, 0]).mean()
+
+
+def cosine_retain_loss(updated: torch.Tensor, frozen: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Retain loss L_R = 1 - mean_t cos(h_updated_t, h_frozen_t) over the masked tokens (paper Eq. 7)."""
+    u = _select(updated, mask, "retain loss")
+    f = _select(frozen, mask, "retain loss reference")
+    return 1.0 - F.cosine_similarity(u, f, dim=-1).mean()

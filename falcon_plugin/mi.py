@@ -6,8 +6,8 @@ vector per sample), FALCON scores (paper Eq. 2-4)
     I(F;R) = H(F) + H(R) - H(F,R),     l* = argmin_l I(F^(l); R^(l)),
 
 where each entropy is estimated on a PCA reduction keeping ``pca_variance`` of the variance, with a
-Gaussian KDE (as the official code: scipy ``gaussian_kde``, Scott's bandwidth, resubstitution
-estimate H = -mean log p(x_i)) or in closed form for a Gaussian, H = 1/2 log det(2 pi e Sigma).
+Gaussian KDE (scipy ``gaussian_kde`` bandwidth, Scott's rule, as the official code; the density
+at each sample leaves that sample out, see :func:`entropy_kde`) or in closed form for a Gaussian, H = 1/2 log det(2 pi e Sigma).
 The joint sample pairs the i-th forget with the i-th retain activation. With several forget
 domains F_1..F_m the score is
 
@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
 import numpy as np
+from scipy.special import logsumexp
 from scipy.stats import gaussian_kde
 from sklearn.decomposition import PCA
 
@@ -49,15 +50,35 @@ def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:
     return PCA(n_components=keep, svd_solver="full").fit_transform(x)
 
 
-def entropy_kde(x: np.ndarray) -> float:
-    """Differential entropy (nats) of (n, k) samples by Gaussian KDE resubstitution: -mean_i log p(x_i)."""
+def entropy_kde(x: np.ndarray, leave_one_out: bool = True) -> float:
+    """Differential entropy (nats) of (n, k) samples by Gaussian KDE: -mean_i log p(x_i).
+
+    The kernel covariance is scipy's ``gaussian_kde`` (Scott's rule). With ``leave_one_out`` (the
+    default) p(x_i) omits x_i's own kernel: the plain resubstitution of the official code counts it,
+    which inflates every density by a dimension-dependent amount, so I(F;R) = H(F)+H(R)-H(F,R)
+    (whose joint has twice the dimension) gets a large positive bias (measured in docs/mi.md).
+    """
     x = _non_degenerate(x)
     try:
         kde = gaussian_kde(x.T)
     except np.linalg.LinAlgError:  # collinear samples: regularise the kernel covariance slightly
         x = x + np.random.default_rng(0).normal(scale=1e-6 * (x.std() + 1e-12), size=x.shape)
         kde = gaussian_kde(x.T)
-    return float(-np.mean(kde.logpdf(x.T)))
+    if not leave_one_out:
+        return float(-np.mean(kde.logpdf(x.T)))
+    n, dim = x.shape
+    chol = np.linalg.cholesky(np.atleast_2d(kde.covariance))
+    z = np.linalg.solve(chol, x.T).T  # whitened: kernel = standard normal in z
+    sq = np.einsum("ij,ij->i", z, z)
+    log_norm = -0.5 * dim * np.log(2.0 * np.pi) - np.log(np.diag(chol)).sum() - np.log(n - 1)
+    log_density = np.empty(n)
+    for start in range(0, n, 1024):  # rows in chunks: memory O(1024 n)
+        stop = min(n, start + 1024)
+        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * z[start:stop] @ z.T
+        logk = -0.5 * np.maximum(d2, 0.0)
+        logk[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        log_density[start:stop] = logsumexp(logk, axis=1) + log_norm
+    return float(-np.mean(log_density))
 
 
 def entropy_gaussian(x: np.ndarray) -> float:

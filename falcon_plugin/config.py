@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PROJECTIONS = ("per_tensor", "global", "none")
-ESTIMATORS = ("kde", "gaussian")
+ESTIMATORS = ("kde", "gaussian", "kde_resubstitution")
 POOLINGS = ("last", "mean")
 DEFAULT_TRAINABLE_TEMPLATE = r"model\.layers\.({layers})\.mlp\.down_proj\.weight"
 MIN_MI_SAMPLES = 8
@@ -77,7 +77,9 @@ class MIConfig:
     pca_variance: float = 0.95
     """Fraction of the variance PCA keeps before the entropy estimate, in (0, 1]."""
     estimator: str = "kde"
-    """``kde`` (Gaussian KDE, as the paper) or ``gaussian`` (closed form, 0.5 log det(2 pi e Sigma))."""
+    """``kde`` (Gaussian KDE as the paper, leave-one-out densities), ``kde_resubstitution`` (the
+    official code's exact estimator, biased upward in I(F;R); docs/mi.md) or ``gaussian`` (closed
+    form 0.5 log det(2 pi e Sigma))."""
     eta: float = 1.0
     """Weight of the pairwise forget-domain term sum_{i<j} I(F_i;F_j) in the multi-domain score."""
     pooling: str = "last"

@@ -28,7 +28,7 @@ from scipy.special import logsumexp
 from scipy.stats import gaussian_kde
 from sklearn.decomposition import PCA
 
-ESTIMATORS = ("kde", "gaussian")
+ESTIMATORS = ("kde", "gaussian", "kde_resubstitution")
 
 
 def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:
@@ -101,12 +101,14 @@ def _non_degenerate(x: np.ndarray) -> np.ndarray:
 
 
 def entropy(x: np.ndarray, estimator: str = "kde", pca_variance: float = 0.95) -> float:
-    """H(X) of (n, d) samples after PCA, with the chosen estimator (``kde`` or ``gaussian``)."""
+    """H(X) of (n, d) samples after PCA, with the chosen estimator (one of :data:`ESTIMATORS`)."""
     reduced = pca_reduce(x, pca_variance)
     if estimator == "kde":
         return entropy_kde(reduced)
     if estimator == "gaussian":
         return entropy_gaussian(reduced)
+    if estimator == "kde_resubstitution":
+        return entropy_kde(reduced, leave_one_out=False)
     raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
 
 

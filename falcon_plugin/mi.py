@@ -28,7 +28,7 @@ from scipy.special import logsumexp
 from scipy.stats import gaussian_kde
 from sklearn.decomposition import PCA
 
-ESTIMATORS = ("kde", "gaussian", "kde_resubstitution")
+from .config import ESTIMATORS
 
 
 def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:

@@ -1,0 +1,106 @@
+"""The packaged Hydra configs compose in a host-shaped config tree (tests/fixtures/fake_host/configs).
+
+Uses Hydra's compose API in-process: the search-path plugin is discovered exactly as in a host run
+(Hydra scans the ``hydra_plugins`` namespace), so these tests also prove discovery.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from falcon_plugin.config import FalconConfig, MIConfig
+
+FAKE_CONFIGS = Path(__file__).parent / "fixtures" / "fake_host" / "configs"
+PACKAGED = Path(__file__).resolve().parents[1] / "falcon_plugin" / "configs"
+BENCHES = ("tofu", "muse", "wmdp")
+RMU_ONLY = ("gamma", "alpha", "retain_loss_type", "module_regex")
+
+
+def composed(config_name: str, *overrides: str, hydra_choices: bool = False) -> dict[str, Any]:
+    """Compose like ``python src/train.py --config-name=<config_name> <overrides>`` in the fake host."""
+    with initialize_config_dir(config_dir=str(FAKE_CONFIGS), version_base=None):
+        cfg = compose(config_name=config_name, overrides=[*overrides, "task_name=t"], return_hydra_config=hydra_choices)
+        if hydra_choices:
+            return dict(cfg.hydra.runtime.choices)
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def test_plugin_is_on_the_search_path() -> None:
+    with initialize_config_dir(config_dir=str(FAKE_CONFIGS), version_base=None):
+        cfg = compose(config_name="train.yaml", overrides=["task_name=t"], return_hydra_config=True)
+    sources = [(s.provider, s.path) for s in cfg.hydra.runtime.config_sources]
+    assert ("falcon-unlearning", "falcon_plugin.configs") in sources
+    assert [p for p, _ in sources].index("main") < [p for p, _ in sources].index("falcon-unlearning")
+
+
+def test_short_form_turns_train_yaml_into_a_falcon_unlearning_run() -> None:
+    cfg = composed("train.yaml", "experiment=unlearn/tofu", "trainer=FALCON")
+    assert cfg["mode"] == "unlearn"
+    assert cfg["trainer"]["handler"] == "FALCON"
+    assert cfg["trainer"]["args"]["remove_unused_columns"] is False
+    assert cfg["trainer"]["args"]["learning_rate"] == 1e-5  # the host's TOFU setting wins over FALCON.yaml
+    assert set(cfg["data"]) == {"forget", "retain", "anchor"}
+    assert "TOFU_QA_forget" in cfg["data"]["forget"]
+    assert cfg["trainer"]["method_args"] == yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())["method_args"]
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_short_form_equals_long_form(bench: str) -> None:
+    short = composed("train.yaml", f"experiment=unlearn/{bench}", "trainer=FALCON")
+    long = composed("unlearn.yaml", f"experiment=unlearn/{bench}/falcon")
+    assert short == long
+    assert long["trainer"]["handler"] == "FALCON" and long["mode"] == "unlearn"
+
+
+@pytest.mark.parametrize("bench", ("tofu", "muse"))
+def test_short_form_is_the_hosts_unlearn_run_for_any_trainer(bench: str) -> None:
+    short = composed("train.yaml", f"experiment=unlearn/{bench}", "trainer=GradAscent")
+    host = composed("unlearn.yaml", f"experiment=unlearn/{bench}/default", "trainer=GradAscent")
+    assert short == host
+
+
+def test_cli_trainer_wins_over_the_experiment_override() -> None:
+    choices = composed("train.yaml", "experiment=unlearn/tofu", "trainer=FALCON", hydra_choices=True)
+    assert choices["trainer"] == "FALCON"
+    choices = composed("unlearn.yaml", "experiment=unlearn/tofu/default", "trainer=FALCON", hydra_choices=True)
+    assert choices["trainer"] == "FALCON"
+    assert composed("unlearn.yaml", "experiment=unlearn/tofu/default")["trainer"]["handler"] == "GradAscent"
+
+
+def test_wmdp_uses_the_paper_settings_and_nulls_rmu_arguments() -> None:
+    cfg = composed("unlearn.yaml", "experiment=unlearn/wmdp/falcon")
+    args, method = cfg["trainer"]["args"], cfg["trainer"]["method_args"]
+    assert (args["learning_rate"], args["max_steps"]) == (5e-5, 80)
+    assert method["layer"] == 7 and method["steering_coeff"] == 20
+    assert method["trainable_params_regex"] is None  # FALCON's default: down_proj of layers 5..7
+    assert all(method[k] is None for k in RMU_ONLY)
+
+
+def test_method_args_stay_overridable_from_the_command_line() -> None:
+    cfg = composed("train.yaml", "experiment=unlearn/wmdp", "trainer=FALCON", "trainer.method_args.layer=3",
+                   "trainer.method_args.mi.estimator=gaussian")
+    assert cfg["trainer"]["method_args"]["layer"] == 3
+    assert cfg["trainer"]["method_args"]["mi"]["estimator"] == "gaussian"
+
+
+def test_falcon_yaml_matches_the_core_defaults() -> None:
+    method = yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())["method_args"]
+    mi = method.pop("mi")
+    assert mi == {k: getattr(MIConfig(), k) for k in MIConfig.__dataclass_fields__}
+    defaults = FalconConfig().to_dict()
+    defaults.pop("mi")
+    assert method == defaults
+    FalconConfig.from_method_args(**method, mi=mi)  # validates
+
+
+def test_every_packaged_experiment_declares_the_global_package() -> None:
+    files = sorted((PACKAGED / "experiment").rglob("*.yaml"))
+    assert len(files) == 2 * len(BENCHES)
+    for path in files:
+        assert path.read_text().startswith("# @package _global_"), path

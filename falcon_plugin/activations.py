@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,12 +131,65 @@ def frozen_prefix_pass(
     model.eval()
     try:
         with _hooks(handles), torch.no_grad(), contextlib.suppress(_StopForward):
-            torch.func.functional_call(model, dict(frozen_params), args=(), kwargs={**inputs, "use_cache": False}, strict=False)
+            if is_zero3_partitioned(model, frozen_params):
+                with swapped_inside_owner_calls(model, frozen_params):
+                    model(**inputs, use_cache=False)
+            else:
+                torch.func.functional_call(model, dict(frozen_params), args=(), kwargs={**inputs, "use_cache": False}, strict=False)
     finally:
         model.train(was_training)
     if "frozen_out" not in captured:
         raise ModelStructureError(f"layer {target} was never called by {type(model).__name__}.forward")
     return LayerCalls(captured["hidden_in"], calls, captured["frozen_out"])
+
+
+def is_zero3_partitioned(model: nn.Module, names: Iterable[str]) -> bool:
+    """Whether any named parameter is a DeepSpeed ZeRO-3 parameter (partitioned across processes)."""
+    params = dict(model.named_parameters())
+    return any(hasattr(params.get(name), "ds_id") for name in names)
+
+
+@contextlib.contextmanager
+def swapped_inside_owner_calls(model: nn.Module, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Give parameters ``values`` (full tensors) only while the modules that own them run.
+
+    The DeepSpeed ZeRO-3 fallback of ``functional_call``: ZeRO-3 keeps each parameter partitioned
+    and gathers a module's parameters in a forward pre-hook registered when the engine is built, so
+    ``functional_call`` (which puts plain tensors where ZeRO-3 expects its parameters) breaks its
+    hooks. Here a pre-hook registered after ZeRO-3's (so it runs after the gather) points
+    ``param.data`` at the given value, and a forward hook prepended before ZeRO-3's release hook
+    points it back at the gathered data; anything left swapped by an exception is restored on exit.
+    Outside a ZeRO-3 engine the same swap works on plain parameters.
+    """
+    modules = dict(model.named_modules())
+    owned: dict[nn.Module, list[tuple[str, torch.Tensor]]] = {}
+    for name, value in values.items():
+        owner, _, local = name.rpartition(".")
+        owned.setdefault(modules[owner], []).append((local, value))
+    saved: dict[tuple[int, str], tuple[nn.Parameter, torch.Tensor]] = {}
+
+    def swap_in(module: nn.Module, _args: Any) -> None:
+        for local, value in owned[module]:
+            param = module._parameters[local]
+            assert param is not None
+            saved[(id(module), local)] = (param, param.data)
+            param.data = value
+
+    def swap_back(module: nn.Module, _args: Any, _output: Any) -> None:
+        for local, _ in owned[module]:
+            param, data = saved.pop((id(module), local))
+            param.data = data
+
+    handles: list[Any] = []
+    for module in owned:
+        handles.append(module.register_forward_pre_hook(swap_in))
+        handles.append(module.register_forward_hook(swap_back, prepend=True))
+    try:
+        with _hooks(handles):
+            yield
+    finally:
+        for param, data in saved.values():
+            param.data = data
 
 
 def run_layers(layers: nn.ModuleList, first: int, record: LayerCalls) -> torch.Tensor:

@@ -11,13 +11,15 @@ One training step (see docs/design.md for the picture):
    distributed, combined by :func:`falcon_plugin.projection.resolve_gradient_conflict`;
 4. a surrogate loss whose gradient is the combined update and whose value is L_F + L_R is returned
    to the Trainer, so gradient accumulation, clipping, mixed precision, DDP and DeepSpeed ZeRO-1/2
-   run unchanged.
+   run unchanged. Under ZeRO-3 (partitioned parameters) the loss L_F + L_R is returned instead and
+   gradient hooks put the combined update in place (:meth:`FalconMixin._zero3_surrogate`).
 
 ``layer: auto`` runs Step 1 (:mod:`falcon_plugin.report`) at the start of ``train()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -120,6 +122,7 @@ class FalconMixin:
         self.falcon_config = FalconConfig.from_method_args(**method_args)
         self.falcon_state = None
         self._falcon_metrics: dict[str, list[torch.Tensor]] = {}
+        self._falcon_grad_hooks: list[Any] = []
         if "tokenizer" in kwargs and not _TRAINER_ACCEPTS_TOKENIZER:
             kwargs.setdefault("processing_class", kwargs.pop("tokenizer"))
         super().__init__(*args, **kwargs)
@@ -225,6 +228,13 @@ class FalconMixin:
 
     def _setup(self, checkpoint: str | None) -> None:
         model = self._base_model()
+        # A model partitioned by ZeRO-3 at load time (zero.Init, the host's accelerate default) has
+        # empty parameters and no engine hooks yet: gather it for the set-up passes (MI, POV, frozen
+        # copies), once, before training; no-op otherwise.
+        with _gathered(list(model.parameters())):
+            self._setup_gathered(model, checkpoint)
+
+    def _setup_gathered(self, model: nn.Module, checkpoint: str | None) -> None:
         layers_path, layers = find_decoder_layers(model)
         restored = FalconState.load(checkpoint) if checkpoint else None
         if restored is not None:
@@ -334,16 +344,50 @@ class FalconMixin:
 
         # L_F depends only on the forget pass and L_R only on the retain pass: two disjoint graphs,
         # so the two autograd.grad calls do no duplicate work.
-        g_f = _all_reduce_mean(list(torch.autograd.grad(forget_loss, trainable, materialize_grads=True)))
-        g_r = _all_reduce_mean(list(torch.autograd.grad(retain_loss, trainable, materialize_grads=True)))
+        zero3 = any(hasattr(p, "ds_id") for p in trainable)
+        g_f = _all_reduce_mean(list(torch.autograd.grad(forget_loss, trainable, retain_graph=zero3, materialize_grads=True)))
+        g_r = _all_reduce_mean(list(torch.autograd.grad(retain_loss, trainable, retain_graph=zero3, materialize_grads=True)))
         combined = resolve_gradient_conflict(g_f, g_r, cfg.projection, cfg.conflict_weights, cfg.align_weights)
 
         self._check_finite(forget_loss, retain_loss, combined.grads)
         self._record(forget_loss, retain_loss, combined.cosines, combined.conflicts)
-        value = (forget_loss + retain_loss).detach()
-        inner = sum((p * g.to(p.dtype)).sum() for p, g in zip(trainable, combined.grads, strict=True))
-        surrogate = inner - inner.detach() + value  # gradient: combined update; value: L_F + L_R
+        if zero3:
+            surrogate = self._zero3_surrogate(forget_loss + retain_loss, trainable, combined.grads)
+        else:
+            value = (forget_loss + retain_loss).detach()
+            inner = sum((p * g.to(p.dtype)).sum() for p, g in zip(trainable, combined.grads, strict=True))
+            surrogate = inner - inner.detach() + value  # gradient: combined update; value: L_F + L_R
         return (surrogate, {"forget_loss": forget_loss.detach(), "retain_loss": retain_loss.detach()}) if return_outputs else surrogate
+
+    def _zero3_surrogate(self, loss: torch.Tensor, trainable: Sequence[nn.Parameter],
+                         grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """ZeRO-3: return ``loss`` itself, with hooks that replace each trainable tensor's gradient.
+
+        Under ZeRO-3 a parameter is an empty placeholder outside its module's forward/backward, so
+        the surrogate ``sum(p * g)`` cannot be formed. Instead the engine backpropagates L_F + L_R
+        through the modules (its hooks gather and release the parameters as usual) and a tensor hook
+        on each trainable parameter swaps the gradient arriving there for ``s * g_combined``, where
+        ``s`` is whatever factor the engine put on the loss (1/gradient_accumulation_steps, the fp16
+        loss scale), recorded by an identity node at the root. The update is exactly the projected
+        one; the cost is one more backward pass through layers first..l*. Hooks are removed when the
+        training step ends.
+        """
+        scale: dict[str, torch.Tensor] = {}
+        for param, grad in zip(trainable, grads, strict=True):
+            def replace(incoming: torch.Tensor, grad: torch.Tensor = grad) -> torch.Tensor:
+                return (scale["s"].to(incoming.dtype) * grad.to(incoming.dtype)).reshape(incoming.shape)
+
+            self._falcon_grad_hooks.append(param.register_hook(replace))
+        return _RecordScale.apply(loss, scale)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The Trainer's step; removes the ZeRO-3 gradient hooks :meth:`compute_loss` may have set."""
+        try:
+            return super().training_step(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            for handle in self._falcon_grad_hooks:
+                handle.remove()
+            self._falcon_grad_hooks.clear()
 
     def _layer_pass(self, base: nn.Module, layers: nn.ModuleList, batch: Mapping[str, torch.Tensor]):
         state = self.falcon_state
@@ -382,6 +426,29 @@ class FalconMixin:
             logs["falcon/layer"] = self.falcon_layer
             self._falcon_metrics = {}
         super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
+
+class _RecordScale(torch.autograd.Function):
+    """Identity whose backward records the incoming gradient (the factor the engine applied to the loss)."""
+
+    @staticmethod
+    def forward(ctx: Any, loss: torch.Tensor, scale: dict[str, torch.Tensor]) -> torch.Tensor:
+        ctx.scale = scale
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        ctx.scale["s"] = grad.detach()
+        return grad, None
+
+
+def _gathered(params: Sequence[nn.Parameter]) -> Any:
+    """``deepspeed.zero.GatheredParameters`` (read-only) when some of ``params`` are ZeRO-3 partitioned, else a no-op."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
 
 
 def _model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

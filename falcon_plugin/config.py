@@ -29,6 +29,13 @@ class FalconConfigError(ValueError):
     """A FALCON ``method_args`` value is invalid; the message names the parameter and the value."""
 
 
+class FalconDataError(ValueError):
+    """The train data cannot be used (empty, all padding, no answer tokens, token ids the model lacks).
+
+    The message names the item and field (e.g. ``train_dataset[3]['forget'].input_ids``) and the bad value.
+    """
+
+
 def _bad(name: str, value: Any, expected: str) -> FalconConfigError:
     return FalconConfigError(f"FALCON method_args: invalid {name}={value!r}; expected {expected}")
 

@@ -35,8 +35,14 @@ import transformers
 from torch import nn
 from transformers import TrainerCallback
 
-from .activations import find_decoder_layers, frozen_prefix_pass, layer_index_of, run_layers
-from .config import MIN_MI_SAMPLES, FalconConfig, FalconConfigError, default_trainable_regex
+from .activations import (
+    ModelStructureError,
+    find_decoder_layers,
+    frozen_prefix_pass,
+    layer_index_of,
+    run_layers,
+)
+from .config import MIN_MI_SAMPLES, FalconConfig, FalconConfigError, FalconDataError, default_trainable_regex
 from .data import pad_examples
 from .losses import EmptyMaskError, cosine_retain_loss, info_nce_forget_loss, token_mask
 from .pov import principal_directions, principal_offset_vector
@@ -47,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "falcon_state.pt"
 POV_SAMPLES = 64
+DATA_CHECK_ITEMS = 64
+"""Train items (spread over the dataset) checked at construction; set-up checks every item it samples."""
 _METHOD_ARG_NAMES = frozenset(FalconConfig.__dataclass_fields__)
 _TRAINER_ACCEPTS_TOKENIZER = "tokenizer" in inspect.signature(transformers.Trainer.__init__).parameters
 
@@ -130,6 +138,12 @@ class FalconMixin:
             logger.info("FALCON: setting remove_unused_columns=False (batches are {'forget', 'retain'} dicts)")
             self.args.remove_unused_columns = False
         self._validate_against_model()
+        if getattr(self.args, "save_only_model", False) and self.args.save_strategy != "no":
+            logger.warning(
+                "FALCON: save_only_model=True: checkpoints will hold the weights and FALCON's state but no "
+                "optimizer, scheduler or RNG state, so resume_from_checkpoint cannot continue this run; set "
+                "trainer.args.save_only_model=false for resumable checkpoints"
+            )
         self.add_callback(_SaveFalconState(self))
 
     # ------------------------------------------------------------------ set-up and validation
@@ -150,6 +164,7 @@ class FalconMixin:
     def _validate_against_model(self) -> None:
         """Checks that need the model and data, before any forward pass."""
         model = self._base_model()
+        _check_decoder_only(model)
         path, layers = find_decoder_layers(model)
         cfg = self.falcon_config
         if isinstance(cfg.layer, int) and cfg.layer >= len(layers):
@@ -167,6 +182,8 @@ class FalconMixin:
                     )
         if isinstance(cfg.layer, int):
             self._resolve_trainable(model, path, cfg.layer)
+        elif cfg.trainable_params_regex is not None:  # 'auto': l* is not known yet, decoder layers are
+            self._resolve_trainable(model, path, len(layers) - 1)
         dataset = self.train_dataset
         if dataset is not None and cfg.layer == "auto":
             size = len(dataset)  # type: ignore[arg-type]
@@ -175,6 +192,27 @@ class FalconMixin:
                     f"FALCON method_args: layer='auto' needs >= {MIN_MI_SAMPLES} train samples for MI, "
                     f"the train dataset has {size}"
                 )
+        self._validate_train_data(model)
+
+    def _validate_train_data(self, model: nn.Module) -> None:
+        """Empty data, a pad id or token ids outside the model's vocabulary, all-padding or answerless items."""
+        vocab = _vocab_size(model)
+        pad = self._pad_id()
+        if vocab is not None and not 0 <= pad < vocab:
+            raise FalconDataError(
+                f"FALCON: invalid pad_token_id={pad}: the model's input embedding has {vocab} rows (valid ids "
+                f"0..{vocab - 1}); the tokenizer does not match the model"
+            )
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__len__"):
+            return  # no data yet, or an iterable dataset: set-up checks the items it samples
+        size = len(dataset)
+        if size == 0:
+            raise FalconDataError("FALCON: invalid train_dataset: it is empty (len 0); FALCON needs {'forget', 'retain'} items")
+        for index in range(0, size, max(1, size // DATA_CHECK_ITEMS))[:DATA_CHECK_ITEMS]:
+            item = dataset[index]
+            for part in ("forget", "retain"):
+                _check_example(_part_of(item, part, index), f"train_dataset[{index}][{part!r}]", vocab)
 
     def _resolve_trainable(self, model: nn.Module, layers_path: str, layer: int) -> list[str]:
         cfg = self.falcon_config
@@ -209,6 +247,8 @@ class FalconMixin:
         if resume_from_checkpoint is None and getattr(self.args, "resume_from_checkpoint", None):
             resume_from_checkpoint = self.args.resume_from_checkpoint
         checkpoint = self._checkpoint_path(resume_from_checkpoint)
+        if checkpoint is not None:
+            _check_resumable(checkpoint)
         self._setup(checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)  # type: ignore[misc]
 
@@ -237,6 +277,9 @@ class FalconMixin:
     def _setup_gathered(self, model: nn.Module, checkpoint: str | None) -> None:
         layers_path, layers = find_decoder_layers(model)
         restored = FalconState.load(checkpoint) if checkpoint else None
+        if checkpoint and restored is None:
+            logger.warning("FALCON: %s has no %s; recomputing FALCON's state (layer, POV, frozen tensors) from the "
+                           "model as loaded, which must be this run's initial model", checkpoint, STATE_FILE)
         if restored is not None:
             logger.info("FALCON: restored layer l*=%d, POV and frozen tensors from %s", restored.layer, checkpoint)
             self._apply_trainable(model, restored.trainable_names)
@@ -271,12 +314,12 @@ class FalconMixin:
             raise ValueError("FALCON needs a train_dataset of {'forget', 'retain'} items")
         rng = random.Random(self.args.seed + seed_offset)
         indices = rng.sample(range(len(dataset)), min(count, len(dataset)))  # type: ignore[arg-type]
+        vocab = _vocab_size(self._base_model())
         items = []
         for i in indices:
-            item = dataset[i]
-            if part not in item:
-                raise ValueError(f"FALCON: train_dataset item {i} has no {part!r} part (keys: {sorted(item)})")
-            items.append({k: torch.as_tensor(v) for k, v in item[part].items() if k in ("input_ids", "attention_mask", "labels")})
+            example = _part_of(dataset[i], part, i)
+            _check_example(example, f"train_dataset[{i}][{part!r}]", vocab)
+            items.append({k: torch.as_tensor(v) for k, v in example.items() if k in ("input_ids", "attention_mask", "labels")})
         return items
 
     def _pad_id(self) -> int:
@@ -331,6 +374,8 @@ class FalconMixin:
         if "forget" not in inputs or "retain" not in inputs:
             raise ValueError(f"FALCON expects batches {{'forget': ..., 'retain': ...}}, got keys {sorted(inputs)}")
         state, cfg = self.falcon_state, self.falcon_config
+        engine = model if getattr(self, "is_deepspeed_enabled", False) else None
+        _deepspeed_forward_prologue(engine)
         base = self._base_model()
         _, layers = find_decoder_layers(base)
         params = dict(base.named_parameters())
@@ -357,6 +402,7 @@ class FalconMixin:
             value = (forget_loss + retain_loss).detach()
             inner = sum((p * g.to(p.dtype)).sum() for p, g in zip(trainable, combined.grads, strict=True))
             surrogate = inner - inner.detach() + value  # gradient: combined update; value: L_F + L_R
+        _deepspeed_forward_epilogue(engine, surrogate)
         return (surrogate, {"forget_loss": forget_loss.detach(), "retain_loss": retain_loss.detach()}) if return_outputs else surrogate
 
     def _zero3_surrogate(self, loss: torch.Tensor, trainable: Sequence[nn.Parameter],
@@ -402,7 +448,8 @@ class FalconMixin:
         if not bool(torch.isfinite(total).all()):
             step = self.state.global_step
             raise NonFiniteLossError(
-                f"FALCON: non-finite value at step {step}: forget_loss={forget_loss.item()}, "
+                f"FALCON: non-finite value at training step {step + 1} (after {step} optimizer steps): "
+                f"forget_loss={forget_loss.item()}, "
                 f"retain_loss={retain_loss.item()}, finite grads={[bool(torch.isfinite(g).all()) for g in grads]}; "
                 "stopping before the optimizer step so no corrupted checkpoint is written"
             )
@@ -428,6 +475,75 @@ class FalconMixin:
         super().log(logs, *args, **kwargs)  # type: ignore[misc]
 
 
+def _check_decoder_only(model: nn.Module) -> None:
+    """A Hugging Face model must be a decoder-only LM (an encoder-decoder or encoder has no causal activations)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelStructureError(
+            f"FALCON: invalid model {type(model).__name__}: it is an encoder-decoder model "
+            "(config.is_encoder_decoder=True); FALCON needs a decoder-only causal LM"
+        )
+    if isinstance(model, transformers.PreTrainedModel) and not model.can_generate():
+        raise ModelStructureError(
+            f"FALCON: invalid model {type(model).__name__}: it is not a causal LM (can_generate() is False); "
+            "FALCON needs a decoder-only causal LM such as AutoModelForCausalLM loads"
+        )
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    """Rows of the input embedding (what token ids may index), if the model exposes it."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    size = getattr(embedding, "num_embeddings", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def _part_of(item: Any, part: str, index: int) -> Mapping[str, Any]:
+    if not isinstance(item, Mapping) or part not in item or not isinstance(item[part], Mapping):
+        keys = sorted(item) if isinstance(item, Mapping) else type(item).__name__
+        raise FalconDataError(
+            f"FALCON: invalid train_dataset[{index}]: expected {{'forget': {{input_ids, ...}}, 'retain': {{...}}}}, "
+            f"got {keys} (no {part!r} part)"
+        )
+    return item[part]
+
+
+def _check_example(example: Mapping[str, Any], where: str, vocab: int | None) -> None:
+    """One tokenised example: non-empty, ids inside the vocabulary, not all padding, some answer tokens."""
+    if "input_ids" not in example:
+        raise FalconDataError(f"FALCON: invalid {where}: no input_ids (keys: {sorted(example)})")
+    ids = torch.as_tensor(example["input_ids"])
+    if ids.numel() == 0:
+        raise FalconDataError(f"FALCON: invalid {where}.input_ids=[]: an empty sequence")
+    low, high = int(ids.min()), int(ids.max())
+    if vocab is not None and (low < 0 or high >= vocab):
+        bad = high if high >= vocab else low
+        raise FalconDataError(
+            f"FALCON: invalid {where}.input_ids: token id {bad} is outside the model's vocabulary 0..{vocab - 1} "
+            f"(input embedding size {vocab}); the tokenizer does not match the model"
+        )
+    attention = example.get("attention_mask")
+    attention = None if attention is None else torch.as_tensor(attention)
+    if attention is not None and not bool(attention.bool().any()):
+        raise FalconDataError(f"FALCON: invalid {where}.attention_mask: all 0 (the sequence is all padding)")
+    labels = example.get("labels")
+    if labels is not None and not bool(token_mask(torch.as_tensor(labels), attention).any()):
+        raise FalconDataError(
+            f"FALCON: invalid {where}.labels: all -100 on the attended tokens (no answer tokens for FALCON's losses)"
+        )
+
+
+def _check_resumable(checkpoint: str) -> None:
+    """An exact resume needs the optimizer state (``optimizer.pt``, DeepSpeed's ``global_step*``, FSDP's ``optimizer_*``)."""
+    names = [p.name for p in Path(checkpoint).iterdir()]
+    if not any(n.startswith(("optimizer", "global_step")) for n in names):
+        raise ValueError(
+            f"FALCON: invalid resume_from_checkpoint={checkpoint!r}: it has no optimizer state (was it saved with "
+            "save_only_model=True?), so the run cannot continue exactly; resume from a checkpoint saved with "
+            "save_only_model=false, or start a new run from these weights"
+        )
+
+
 class _RecordScale(torch.autograd.Function):
     """Identity whose backward records the incoming gradient (the factor the engine applied to the loss)."""
 
@@ -440,6 +556,44 @@ class _RecordScale(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         ctx.scale["s"] = grad.detach()
         return grad, None
+
+
+def _deepspeed_forward_prologue(engine: Any) -> None:
+    """What ``DeepSpeedEngine.forward`` does before the model runs, which FALCON's direct layer calls bypass.
+
+    Recent DeepSpeed (checked: 0.19.8) readies its ZeRO optimizer for a new micro-batch at the start of
+    ``engine.forward`` (``clear_backward_seen_flag``: ZeRO-3 advances its micro-step counter there;
+    without it gradient accumulation overwrites instead of accumulating). Older versions do this in
+    ``engine.backward``; a missing method is skipped. No-op without DeepSpeed.
+    """
+    optimizer = getattr(engine, "optimizer", None)
+    clear = getattr(optimizer, "clear_backward_seen_flag", None)
+    if engine is None or not callable(clear):
+        return
+    try:
+        from deepspeed.runtime.base_optimizer import ZeROOptimizer
+    except ImportError:
+        return
+    if isinstance(optimizer, ZeROOptimizer):  # the same condition as engine.forward's
+        clear()
+
+
+def _deepspeed_forward_epilogue(engine: Any, loss: torch.Tensor) -> None:
+    """What ``DeepSpeedEngine.forward`` does with the model's output: its backward-prologue hooks on it.
+
+    Recent DeepSpeed registers, on the forward outputs, the hooks that start its backward (the
+    gradient-accumulation boundary, gradient-hook counting, timers). FALCON's loss does not come out
+    of ``engine.forward``, so they are registered on it here; skipped where DeepSpeed lacks them.
+    """
+    prologue = getattr(engine, "_backward_prologue", None)
+    per_tensor = getattr(engine, "_backward_prologue_per_tensor", None)
+    if engine is None or not callable(prologue):
+        return
+    try:
+        from deepspeed.runtime.utils import register_output_backward_hooks
+    except ImportError:
+        return
+    register_output_backward_hooks(loss, preprocess_once_fn=prologue, preprocess_per_tensor_fn=per_tensor)
 
 
 def _gathered(params: Sequence[nn.Parameter]) -> Any:

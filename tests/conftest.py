@@ -69,3 +69,9 @@ def forget_retain(tokenizer):
     from falcon_plugin.data import ForgetRetainDataset
 
     return ForgetRetainDataset(qa_items(tokenizer, 24, "zq", 1), qa_items(tokenizer, 24, "ab", 2), seed=0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "distributed: multi-process runs (torchrun, 2 CPU processes, gloo); each under 90 s"
+    )

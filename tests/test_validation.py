@@ -28,7 +28,7 @@ from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
 from falcon_plugin.trainer import FALCON, NonFiniteLossError
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These tests are tiny; one intra-op thread avoids oversubscribing a shared 2-core machine."""
     threads = torch.get_num_threads()
@@ -336,3 +336,46 @@ def test_non_finite_loss_stops_before_the_optimizer_step_with_the_step_number(tm
 
     saved = load_file(str(tmp_path / "run" / "checkpoint-2" / "model.safetensors"))
     assert all(bool(torch.isfinite(saved[n]).all()) for n in names)
+
+
+# ---------------------------------------------------------------------------------------------- hygiene
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "eval(": re.compile(r"(?<![.\w])eval\("),
+    "exec(": re.compile(r"(?<![.\w])exec\("),
+    "trust_remote_code=True": re.compile(r"trust_remote_code\s*=\s*True"),
+    "torch.load(weights_only=False)": re.compile(r"weights_only\s*=\s*False"),
+    "shell=True": re.compile(r"shell\s*=\s*True"),
+    "os.system(": re.compile(r"os\.system\("),
+}
+
+
+def test_package_source_runs_no_config_strings_and_no_remote_code() -> None:
+    files = sorted([*(ROOT / "falcon_plugin").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")])
+    assert len(files) > 10
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {what}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for what, pattern in FORBIDDEN.items()
+        if pattern.search(line)
+    ]
+    assert offenders == []
+    yaml_loads = [p for p in files if "yaml.load(" in p.read_text(encoding="utf-8")]
+    assert all("SafeLoader" in p.read_text(encoding="utf-8") for p in yaml_loads)
+
+
+def test_a_run_writes_only_inside_its_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    env = Env(tmp_path)
+    out = tmp_path / "out"
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=2, max_steps=2, report_to=[],
+                             save_strategy="steps", save_steps=2, use_cpu=True, disable_tqdm=True)
+    FALCON(model=env.model(), train_dataset=env.dataset(), data_collator=ForgetRetainCollator(0), args=args,
+           layer="auto", mi={"samples": 8}).train()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "out"]
+    assert list(cwd.iterdir()) == []
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"mi_report.json", "mi_report.png", "checkpoint-2/falcon_state.pt"} <= written

@@ -1,0 +1,33 @@
+"""Convert the shared SmolLM2-135M-Instruct GGUF into an ordinary HF folder (fp32) loadable by
+transformers 4.45.1 (the host's pin). Run with transformers >= 4.57 (4.45.1 de-quantises GGUF wrongly,
+see the model's PROVENANCE.md). The chat template is copied into tokenizer_config.json because 4.45.1
+does not read chat_template.jinja. Writes atomically (tmp dir + rename)."""
+import json, os, shutil, sys
+
+import torch
+from transformers import AutoModelForCausalLM
+
+src, dst = sys.argv[1], sys.argv[2]
+if os.path.exists(os.path.join(dst, "config.json")):
+    print(f"exists: {dst}"); sys.exit(0)
+tmp = dst + ".tmp"
+shutil.rmtree(tmp, ignore_errors=True)
+gguf = [f for f in os.listdir(src) if f.endswith(".gguf")][0]
+model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+model.hf_quantizer = None
+model.is_quantized = False
+if hasattr(model.config, "quantization_config"):
+    del model.config.quantization_config
+model.save_pretrained(tmp)
+# the shared folder's tokenizer files (tokenizer_class PreTrainedTokenizerFast loads in 4.x and 5.x;
+# a 5.x save_pretrained would write TokenizersBackend, unknown to 4.45.1)
+for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    shutil.copy(os.path.join(src, f), os.path.join(tmp, f))
+template = open(os.path.join(src, "chat_template.jinja")).read()
+p = os.path.join(tmp, "tokenizer_config.json")
+cfg = json.load(open(p))
+cfg["chat_template"] = template   # 4.45.1 reads the template only from here
+cfg["model_input_names"] = ["input_ids", "attention_mask"]
+json.dump(cfg, open(p, "w"), indent=2)
+os.rename(tmp, dst)
+print(f"wrote {dst}")

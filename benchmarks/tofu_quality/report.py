@@ -1,0 +1,149 @@
+"""Leaderboard for benchmarks/tofu_quality.sh: reads $WORK/evals/{target,retain}/TOFU_SUMMARY.json,
+$WORK/unlearn/<METHOD>_lr<LR>/{TOFU_SUMMARY.json,relearn.json,seconds} and writes, atomically, into OUT:
+tofu_leaderboard.md / .csv / .json and tofu_pareto.png.
+
+Selection (per method, over its lr sweep): TOFU's protocol compares methods by forget_quality (KS-test
+p-value of the forget truth ratios against the retain model) at a model_utility close to the target's.
+We keep the runs with model_utility >= 0.95 x target's and take the highest forget_quality; when no run
+of a method keeps that utility, its highest-forget_quality run is shown and flagged.
+Usage: report.py WORK OUT
+"""
+import csv, io, json, math, os, sys
+
+work, out = sys.argv[1], sys.argv[2]
+KEYS = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE"]
+
+
+def load(p):
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def atomic(path, data, mode="w"):
+    tmp = path + ".tmp"
+    with open(tmp, mode) as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+refs = {k: load(os.path.join(work, "evals", k, "TOFU_SUMMARY.json")) for k in ("target", "retain")}
+probes = {k: load(os.path.join(work, "evals", f"probe_{k}.json")) for k in ("base", "target")}
+runs = []
+udir = os.path.join(work, "unlearn")
+for name in sorted(os.listdir(udir)) if os.path.isdir(udir) else []:
+    d = os.path.join(udir, name)
+    s = load(os.path.join(d, "TOFU_SUMMARY.json"))
+    if not s or not os.path.exists(os.path.join(d, "DONE")):
+        continue
+    method, lr = name.rsplit("_lr", 1)
+    r = {"method": method, "lr": float(lr), "run": name, **{k: s.get(k) for k in KEYS}}
+    sec = load(os.path.join(d, "seconds"))
+    r["seconds"] = sec
+    rl = load(os.path.join(d, "relearn.json"))
+    if rl:
+        r.update(relearn_prob_before=rl["before"]["prob"], relearn_prob_after=rl["after"]["prob"],
+                 relearn_rouge_before=rl["before"]["rougeL_recall"], relearn_rouge_after=rl["after"]["rougeL_recall"])
+    runs.append(r)
+
+mu_t = (refs["target"] or {}).get("model_utility")
+for r in runs:
+    r["mu_ratio"] = r["model_utility"] / mu_t if mu_t and r["model_utility"] is not None else None
+    r["keeps_utility"] = r["mu_ratio"] is not None and r["mu_ratio"] >= 0.95
+best = {}
+for r in runs:
+    cand = [x for x in runs if x["method"] == r["method"]]
+    ok = [x for x in cand if x["keeps_utility"]] or cand
+    best[r["method"]] = max(ok, key=lambda x: (x["forget_quality"] or 0, x["model_utility"] or 0))
+for r in runs:
+    r["selected"] = best[r["method"]] is r
+    r["pareto"] = not any((o["forget_quality"] >= r["forget_quality"] and o["model_utility"] >= r["model_utility"]
+                           and (o["forget_quality"] > r["forget_quality"] or o["model_utility"] > r["model_utility"]))
+                          for o in runs if o is not r)
+
+
+def f(x, nd=3):
+    if x is None:
+        return "—"
+    if isinstance(x, float) and (abs(x) < 1e-3 and x != 0):
+        return f"{x:.2e}"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+cols = ["method", "lr", "forget_quality", "model_utility", "mu_ratio", "forget_truth_ratio", "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE", "relearn_prob_before", "relearn_prob_after", "relearn_rouge_before",
+        "relearn_rouge_after", "pareto", "seconds"]
+md = ["# TOFU (subset) leaderboard: FALCON vs open-unlearning baselines", "",
+      "Measured by `benchmarks/tofu_quality.sh` (setup, scale and caveats: [README.md](README.md)).", ""]
+md += ["## Reference models", "", "| model | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
+for k, s in refs.items():
+    if s:
+        md.append(f"| {k} | " + " | ".join(f(s.get(x)) for x in KEYS) + " |")
+for k, p in probes.items():
+    if p:
+        md.append(f"\nProbe `{k}` (forget set, relearn.py): answer prob {f(p['forget01']['prob'])}, ROUGE-L recall {f(p['forget01']['rougeL_recall'])}")
+md += ["", "## Best run per method", "",
+       "Selection: highest forget_quality among the lr sweep's runs with model_utility >= 0.95 x target's "
+       "(flag `!` = no run kept that utility; its highest-forget_quality run is shown).", "",
+       "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+for m, r in sorted(best.items(), key=lambda kv: -(kv[1]["forget_quality"] or 0)):
+    row = [f(r[c]) if c not in ("pareto",) else ("yes" if r[c] else "no") for c in cols]
+    if not r["keeps_utility"]:
+        row[0] += " !"
+    md.append("| " + " | ".join(row) + " |")
+md += ["", "## All runs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+for r in sorted(runs, key=lambda r: (r["method"], r["lr"])):
+    md.append("| " + " | ".join(f(r.get(c)) if c != "pareto" else ("yes" if r[c] else "no") for c in cols) + " |")
+md += ["", "Columns: forget_quality / model_utility / forget_truth_ratio / forget_Q_A_Prob / forget_Q_A_ROUGE = the host's "
+       "TOFU evaluator (`TOFU_SUMMARY.json`); mu_ratio = model_utility / target's; relearn_* = relearning attack "
+       "(`relearn.py`: fine-tune on half of the forget set, measure answer probability and ROUGE-L recall on the other "
+       "half, before -> after); pareto = not dominated on (forget_quality, model_utility) by another run; seconds = "
+       "wall time of the host run (unlearning + its final eval) on the shared CPU."]
+os.makedirs(out, exist_ok=True)
+atomic(os.path.join(out, "tofu_leaderboard.md"), "\n".join(md) + "\n")
+buf = io.StringIO()
+w = csv.DictWriter(buf, fieldnames=cols + ["selected", "keeps_utility", "run"], extrasaction="ignore")
+w.writeheader()
+for r in runs:
+    w.writerow(r)
+atomic(os.path.join(out, "tofu_leaderboard.csv"), buf.getvalue())
+atomic(os.path.join(out, "tofu_leaderboard.json"), json.dumps({"references": refs, "probes": {
+    k: (p and {"prob": p["forget01"]["prob"], "rougeL_recall": p["forget01"]["rougeL_recall"]}) for k, p in probes.items()},
+    "runs": runs}, indent=1))
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6.5, 4.5))
+colors = {}
+for r in runs:
+    c = colors.setdefault(r["method"], f"C{len(colors)}")
+    y = math.log10(max(r["forget_quality"], 1e-30))
+    ax.scatter(r["model_utility"], y, color=c, s=80 if r["selected"] else 25, marker="o" if r["selected"] else "x",
+               label=r["method"] if r["selected"] else None, zorder=3)
+    ax.annotate(f"{r['lr']:.0e}", (r["model_utility"], y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+front = sorted([r for r in runs if r["pareto"]], key=lambda r: r["model_utility"])
+if front:
+    ax.plot([r["model_utility"] for r in front], [math.log10(max(r["forget_quality"], 1e-30)) for r in front],
+            "k--", lw=0.8, label="Pareto front")
+for k, mk in (("target", "s"), ("retain", "*")):
+    s = refs[k]
+    if s and s.get("forget_quality") is not None:
+        ax.scatter(s["model_utility"], math.log10(max(s["forget_quality"], 1e-30)), marker=mk, color="k", s=90, label=k)
+    elif s and k == "retain":
+        ax.axvline(s["model_utility"], color="grey", lw=0.6, ls=":", label="retain model utility")
+if mu_t:
+    ax.axvline(0.95 * mu_t, color="red", lw=0.6, ls=":", label="0.95 x target utility")
+    ax.axvline(mu_t, color="k", lw=0.6, ls="-.", label="target utility")
+ax.set_xlabel("model_utility (host TOFU eval)")
+ax.set_ylabel("log10 forget_quality")
+ax.set_title("TOFU subset, SmolLM2-135M-Instruct: unlearning runs")
+ax.legend(fontsize=7)
+fig.tight_layout()
+buf = io.BytesIO()
+fig.savefig(buf, format="png", dpi=130)
+atomic(os.path.join(out, "tofu_pareto.png"), buf.getvalue(), "wb")
+print(f"wrote {out}: {len(runs)} runs")

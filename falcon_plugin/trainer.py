@@ -209,10 +209,12 @@ class FalconMixin:
         size = len(dataset)
         if size == 0:
             raise FalconDataError("FALCON: invalid train_dataset: it is empty (len 0); FALCON needs {'forget', 'retain'} items")
-        for index in range(0, size, max(1, size // DATA_CHECK_ITEMS))[:DATA_CHECK_ITEMS]:
-            item = dataset[index]
-            for part in ("forget", "retain"):
-                _check_example(_part_of(item, part, index), f"train_dataset[{index}][{part!r}]", vocab)
+        # fork_rng: datasets may draw from the global RNG in __getitem__ (the host's pairs a random retain item)
+        with torch.random.fork_rng(devices=[]):
+            for index in range(0, size, max(1, size // DATA_CHECK_ITEMS))[:DATA_CHECK_ITEMS]:
+                item = dataset[index]
+                for part in ("forget", "retain"):
+                    _check_example(_part_of(item, part, index), f"train_dataset[{index}][{part!r}]", vocab)
 
     def _resolve_trainable(self, model: nn.Module, layers_path: str, layer: int) -> list[str]:
         cfg = self.falcon_config
@@ -316,8 +318,9 @@ class FalconMixin:
         indices = rng.sample(range(len(dataset)), min(count, len(dataset)))  # type: ignore[arg-type]
         vocab = _vocab_size(self._base_model())
         items = []
-        for i in indices:
-            example = _part_of(dataset[i], part, i)
+        with torch.random.fork_rng(devices=[]):  # as in _validate_train_data: leave the global RNG as it was
+            examples = [(i, _part_of(dataset[i], part, i)) for i in indices]
+        for i, example in examples:
             _check_example(example, f"train_dataset[{i}][{part!r}]", vocab)
             items.append({k: torch.as_tensor(v) for k, v in example.items() if k in ("input_ids", "attention_mask", "labels")})
         return items

@@ -85,3 +85,24 @@ def test_mi_and_pov_samples_follow_the_trainer_seed(tmp_path: Path) -> None:
     first, again, other = sample(0), sample(0), sample(1)
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
     assert any(not torch.equal(x, y) for x, y in zip(first, other, strict=True))
+
+
+class _HostLikeDataset(ForgetRetainDataset):
+    """Pairs each forget item with a retain item drawn from the global torch RNG, as open-unlearning's does."""
+
+    def __getitem__(self, index: int) -> dict[str, dict[str, torch.Tensor]]:
+        return {"forget": self.forget[index], "retain": self.retain[int(torch.randint(0, len(self.retain), (1,)))]}
+
+
+def test_validation_and_set_up_leave_the_global_rng_alone(tmp_path: Path) -> None:
+    """Checking and sampling the data must not shift the host's random forget/retain pairing."""
+    tok = CharTokenizer()
+    dataset = _HostLikeDataset(qa_items(tok, 16, "zq", 1), qa_items(tok, 16, "ab", 2))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    trainer = FALCON(model=tiny_llama(num_layers=4, hidden=16), train_dataset=dataset, args=args, layer="auto",
+                     mi={"samples": 8}, data_collator=ForgetRetainCollator(0))
+    after_init = torch.get_rng_state()
+    torch.manual_seed(0)  # what the Trainer's __init__ set, before FALCON's checks ran
+    assert torch.equal(after_init, torch.get_rng_state())
+    trainer._setup(None)
+    assert torch.equal(after_init, torch.get_rng_state())

@@ -18,6 +18,7 @@ _LAZY = {
     "FalconConfig": "falcon_plugin.config",
     "MIConfig": "falcon_plugin.config",
     "FalconConfigError": "falcon_plugin.config",
+    "FalconDataError": "falcon_plugin.config",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -43,7 +43,15 @@ def smollm2():
     return model, tokenizer
 
 
-def test_real_30_layer_model_trains_at_layer_7_on_tofu(tmp_path, smollm2):
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_real_30_layer_model_trains_at_layer_7_on_tofu(tmp_path, smollm2, two_threads):
     model, tokenizer = smollm2
     assert model.config.num_hidden_layers == 30
     forget = [tokenize_qa(tokenizer, r["question"], r["answer"], 96) for r in _rows("forget01.json", 8)]

@@ -1,0 +1,43 @@
+"""The demo's forget-vs-retain scatter plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from falcon_plugin.io import atomic_write
+
+
+def forget_retain_scatter(rows: Sequence[dict[str, Any]], path: str | Path, reference: str) -> Path:
+    """Two panels (answer probability, ROUGE-L recall): forget on x (lower better), retain on y (higher better).
+
+    ``rows`` are result dicts with ``method``, ``forget_prob``, ``retain_prob``, ``forget_rougeL``,
+    ``retain_rougeL``; the row named ``reference`` is drawn as a star.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    panels = (("prob", "answer probability"), ("rougeL", "ROUGE-L recall"))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, row in enumerate(rows):
+            is_ref = row["method"] == reference
+            ax.scatter(row[f"forget_{key}"], row[f"retain_{key}"], s=220 if is_ref else 90,
+                       marker="*" if is_ref else "o", color="black" if is_ref else f"C{i}",
+                       label=row["method"], zorder=3)
+            ax.annotate(row["method"], (row[f"forget_{key}"], row[f"retain_{key}"]),
+                        textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(f"forget {title} (lower is better)")
+        ax.set_ylabel(f"retain {title} (higher is better)")
+        ax.set_title(title + " (ideal: top-left)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return Path(path)

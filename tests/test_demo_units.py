@@ -1,0 +1,143 @@
+"""Demo building blocks: fact generator, word tokenizer, tiny model, metrics, data files, baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from falcon_plugin.data import ForgetRetainCollator, tokenize_qa
+from falcon_plugin.demo.data_io import load_mi_records, load_split_data
+from falcon_plugin.demo.errors import InputError
+from falcon_plugin.demo.facts import generate_facts, split_by_entity
+from falcon_plugin.demo.methods import RedrawRetainDataset, prediction_positions
+from falcon_plugin.demo.metrics import answer_probabilities, evaluate_qa, rouge_l_recall
+from falcon_plugin.demo.model import TinyModelSpec, build_tiny_llama
+from falcon_plugin.demo.tokenizer import build_word_tokenizer
+
+SPEC = TinyModelSpec(num_layers=3, hidden_size=32, intermediate_size=64, num_heads=4)
+
+
+@pytest.fixture(scope="module")
+def facts():
+    return generate_facts(12, 4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(facts):
+    return build_word_tokenizer([f.question + " " + f.answer for f in facts], ["Question", "Answer"])
+
+
+def test_facts_deterministic_and_split_by_entity(facts) -> None:
+    assert facts == generate_facts(12, 4, seed=3)
+    assert facts != generate_facts(12, 4, seed=4)
+    assert len(facts) == 48 and len({f.entity for f in facts}) == 12
+    assert len({f.question for f in facts}) == 48  # every question names one entity and one attribute
+    forget, retain = split_by_entity(facts, 0.25, seed=0)
+    assert len(forget) == 12 and len(retain) == 36
+    assert not {f.entity for f in forget} & {f.entity for f in retain}
+    with pytest.raises(ValueError, match="forget_fraction"):
+        split_by_entity(facts, 1.0)
+
+
+def test_word_tokenizer(tokenizer, facts, tmp_path: Path) -> None:
+    example = tokenize_qa(tokenizer, facts[0].question, facts[0].answer, 48)
+    assert tokenizer.unk_token_id not in example["input_ids"].tolist()
+    assert example["input_ids"][0] == tokenizer.bos_token_id and example["input_ids"][-1] == tokenizer.eos_token_id
+    answer = example["input_ids"][example["labels"] != -100][:-1]
+    assert tokenizer.decode(answer) == facts[0].answer
+    tokenizer.save_pretrained(str(tmp_path))
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert loaded(facts[1].question)["input_ids"] == tokenizer(facts[1].question)["input_ids"]
+    assert (loaded.pad_token_id, loaded.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
+def test_tiny_llama_and_metrics(tokenizer, facts) -> None:
+    model = build_tiny_llama(tokenizer, SPEC, seed=0)
+    assert model.config.vocab_size == len(tokenizer) and model.config.num_hidden_layers == 3
+    examples = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[:6]]
+    probs = answer_probabilities(model, examples, tokenizer.pad_token_id)
+    assert len(probs) == 6 and all(0 < p < 0.2 for p in probs)  # random init: near-uniform
+    scores = evaluate_qa(model, tokenizer, examples, [f.answer for f in facts[:6]])
+    assert 0 <= scores.rouge_l_recall <= 1
+    assert rouge_l_recall(["The Golden Tower", "cat"], ["The Golden Tower", "black cat"]) == [1.0, 0.5]
+
+
+def test_prediction_positions_and_redraw(tokenizer, facts) -> None:
+    example = tokenize_qa(tokenizer, facts[0].question, facts[0].answer, 48)
+    shifted = prediction_positions(example)
+    answer = (example["labels"] != -100).nonzero().flatten()
+    selected = (shifted["labels"] != -100).nonzero().flatten()
+    assert selected.tolist() == (answer - 1).tolist()  # the last prompt token predicts the first answer token
+    retain = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[4:]]
+    dataset = RedrawRetainDataset([example], retain, seed=0)
+    drawn = {tuple(dataset[0]["retain"]["input_ids"].tolist()) for _ in range(40)}
+    assert len(drawn) > 10
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_data_files(tmp_path: Path) -> None:
+    records = [{"question": f"q{i}", "answer": f"a{i}", "split": "forget" if i < 2 else "retain"} for i in range(5)]
+    jsonl = _write(tmp_path / "d.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    forget, retain = load_split_data(jsonl, None, None)
+    assert [p.question for p in forget] == ["q0", "q1"] and len(retain) == 3
+    nested = _write(tmp_path / "d.json", json.dumps({"forget": records[:2], "retain": records[2:]}))
+    assert len(load_split_data(nested, None, None)[1]) == 3
+    listed = _write(tmp_path / "l.json", json.dumps(records))
+    assert len(load_split_data(None, listed, listed)[0]) == 5
+    assert load_mi_records(_write(tmp_path / "t.jsonl", '{"text": "a document"}\n')) == ["a document"]
+    with pytest.raises(InputError, match="no record has split='forget'"):
+        load_split_data(_write(tmp_path / "r.jsonl", json.dumps(records[3]) + "\n"), None, None)
+    with pytest.raises(InputError, match="together"):
+        load_split_data(None, jsonl, None)
+    with pytest.raises(InputError, match=r"e\.jsonl\[0\]: missing or empty string field 'answer'"):
+        load_split_data(None, _write(tmp_path / "e.jsonl", '[{"question": "q", "answer": ""}]'), jsonl)
+    with pytest.raises(InputError, match="data file is empty"):
+        load_split_data(None, _write(tmp_path / "empty.jsonl", ""), jsonl)
+
+
+def _trainer(cls, model, tokenizer, forget, retain, tmp_path, **method_args):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+                             report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                             dataloader_pin_memory=False, use_cpu=True)
+    return cls(model=model, args=args, train_dataset=RedrawRetainDataset(forget, retain, seed=0),
+               data_collator=ForgetRetainCollator(tokenizer.pad_token_id), tokenizer=tokenizer, **method_args)
+
+
+def test_graddiff_raises_forget_loss(tokenizer, facts, tmp_path: Path) -> None:
+    from falcon_plugin.baselines import GradDiff
+
+    forget = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[:4]]
+    retain = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[4:]]
+    model = build_tiny_llama(tokenizer, SPEC, seed=0)
+    before = sum(answer_probabilities(model, forget, tokenizer.pad_token_id))
+    _trainer(GradDiff, model, tokenizer, forget, retain, tmp_path, alpha=0.0).train()
+    assert sum(answer_probabilities(model, forget, tokenizer.pad_token_id)) < before
+
+
+def test_rmu_trains_only_selected_tensors(tokenizer, facts, tmp_path: Path) -> None:
+    from falcon_plugin.baselines import RMUBaseline
+
+    forget = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[:4]]
+    retain = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[4:]]
+    model = build_tiny_llama(tokenizer, SPEC, seed=0)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = _trainer(RMUBaseline, model, tokenizer, forget, retain, tmp_path, layer=2, steering_coeff=5.0, alpha=1.0)
+    assert trainer.trainable_names == [f"model.layers.{i}.mlp.down_proj.weight" for i in range(3)]
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, initial[n])}
+    assert changed == set(trainer.trainable_names)
+    assert all(torch.equal(p, initial[n]) for n, p in trainer.ref_model.named_parameters())
+    with pytest.raises(ValueError, match="matches no parameter"):
+        _trainer(RMUBaseline, build_tiny_llama(tokenizer, SPEC), tokenizer, forget, retain, tmp_path,
+                 trainable_params_regex=["nothing"])

@@ -1,0 +1,165 @@
+"""``falcon-unlearn sweep`` against a fake open-unlearning checkout (tiny scripts, no models)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from falcon_plugin.cli import main
+from falcon_plugin.sweep import MARKER, parse_lrs, plan_runs
+
+FAKE_TRAIN = textwrap.dedent('''
+    """Fake src/train.py: records the call, fails for trainer=NPO, else writes a run folder."""
+    import json, sys
+    from pathlib import Path
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))
+    with open("calls.log", "a") as log:
+        log.write("train " + args["task_name"] + "\\n")
+    if args["trainer"] == "NPO":
+        print("CUDA out of memory (simulated)", file=sys.stderr)
+        sys.exit(3)
+    run = Path("saves/unlearn") / args["task_name"]
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        f"model:\\n  model_args:\\n    pretrained_model_name_or_path: {args.get('model.model_args.pretrained_model_name_or_path')}\\n"
+        f"trainer:\\n  handler: {args['trainer']}\\n  args:\\n    learning_rate: {args.get('trainer.args.learning_rate', '1e-05')}\\n"
+        f"forget_split: {args.get('forget_split')}\\ntask_name: {args['task_name']}\\nmode: unlearn\\n")
+    (run / "model.safetensors").write_text("weights")
+''')
+
+FAKE_EVAL = textwrap.dedent('''
+    """Fake src/eval.py: writes a TOFU_SUMMARY.json whose numbers depend on the method."""
+    import json, sys
+    from pathlib import Path
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    with open("calls.log", "a") as log:
+        log.write("eval " + args["task_name"] + "\\n")
+    if "SimNPO" in args["task_name"]:
+        sys.exit(5)
+    out = Path(args["paths.output_dir"])
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
+    (out / ".hydra" / "config.yaml").write_text(f"task_name: {args['task_name']}\\nmode: eval\\nforget_split: {args.get('forget_split')}\\n")
+    quality = {"FALCON": 0.3, "GradDiff": 1e-30, "RMU": 1e-8}
+    method = next(m for m in quality if m in args["task_name"])
+    summary = {"forget_quality": quality[method], "model_utility": 0.5 + len(method) / 100, "forget_Q_A_Prob": 0.1}
+    (out / "TOFU_SUMMARY.json").write_text(json.dumps(summary, indent=4))
+''')
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    root = tmp_path / "open-unlearning"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "train.py").write_text(FAKE_TRAIN)
+    (root / "src" / "eval.py").write_text(FAKE_EVAL)
+    (root / "configs" / "trainer").mkdir(parents=True)
+    for name in ("GradAscent", "GradDiff", "NPO", "SimNPO", "RMU"):
+        (root / "configs" / "trainer" / f"{name}.yaml").write_text(f"handler: {name}\n")
+    return root
+
+
+def _calls(host: Path) -> list[str]:
+    path = host / "calls.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_sweep_runs_skips_and_survives_failures(host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep_out"
+    argv = ["sweep", "--host", str(host), "--benchmark", "tofu", "--methods", "FALCON,GradDiff,NPO,SimNPO",
+            "--out", str(out), "-q"]
+    code = main(argv)
+    stdout = capsys.readouterr().out
+    assert code == 1  # some runs failed, but the sweep went on and built the leaderboard
+    unlearn = host / "saves" / "unlearn"
+    task = "tofu_Llama-3.2-1B-Instruct_forget10_{}"
+    assert (unlearn / task.format("FALCON") / MARKER).is_file()
+    assert (unlearn / task.format("GradDiff") / MARKER).is_file()
+    assert not (unlearn / task.format("NPO") / MARKER).exists()  # train failed
+    assert not (unlearn / task.format("SimNPO") / MARKER).exists()  # eval failed: no marker either
+    outcomes = {o["method"]: o for o in json.loads((out / "sweep.json").read_text())}
+    assert outcomes["NPO"]["status"] == "failed" and "train.py exited with code 3" in outcomes["NPO"]["message"]
+    assert "out of memory" in Path(outcomes["NPO"]["log"]).read_text()
+    assert outcomes["SimNPO"]["status"] == "failed" and "eval.py" in outcomes["SimNPO"]["message"]
+    assert outcomes["FALCON"]["status"] == "done"
+    marker = json.loads((unlearn / task.format("FALCON") / MARKER).read_text())
+    assert marker["commands"][0][0] == "src/train.py" and "trainer=FALCON" in marker["commands"][0]
+    board = (out / "leaderboard" / "leaderboard.md").read_text()
+    assert "FALCON" in board and "GradDiff" in board and "NPO" not in board
+    assert "| failed |" in stdout and "## TOFU" in stdout
+
+    before = _calls(host)
+    assert main(argv) == 1
+    rerun = _calls(host)[len(before):]
+    assert rerun == ["train " + task.format("NPO"), "train " + task.format("SimNPO"), "eval " + task.format("SimNPO")]
+    statuses = {o["method"]: o["status"] for o in json.loads((out / "sweep.json").read_text())}
+    assert statuses == {"FALCON": "skipped", "GradDiff": "skipped", "NPO": "failed", "SimNPO": "failed"}
+
+
+def test_sweep_all_ok_exit_zero_and_lr_grid(host: Path, tmp_path: Path) -> None:
+    code = main(["sweep", "--host", str(host), "--benchmark", "tofu", "--methods", "FALCON,RMU", "--lrs", "1e-5,2e-5",
+                 "--out", str(tmp_path / "o"), "-q", "--", "trainer.args.num_train_epochs=2"])
+    assert code == 0
+    runs = sorted(p.name for p in (host / "saves" / "unlearn").iterdir())
+    assert runs == [f"tofu_Llama-3.2-1B-Instruct_forget10_{m}_lr{lr}" for m in ("FALCON", "RMU") for lr in ("1e-05", "2e-05")]
+    marker = json.loads((host / "saves" / "unlearn" / runs[0] / MARKER).read_text())
+    assert "trainer.args.learning_rate=1e-05" in marker["commands"][0]
+    assert marker["commands"][0][-1] == "trainer.args.num_train_epochs=2"
+
+
+def test_changed_overrides_rerun(host: Path, tmp_path: Path) -> None:
+    base = ["sweep", "--host", str(host), "--benchmark", "tofu", "--methods", "GradDiff", "--out", str(tmp_path / "o"), "-q"]
+    assert main(base) == 0
+    n = len(_calls(host))
+    assert main(base) == 0 and len(_calls(host)) == n  # complete: skipped
+    assert main([*base, "--", "trainer.args.num_train_epochs=3"]) == 0 and len(_calls(host)) == n + 2
+
+
+def test_dry_run_prints_host_commands(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "--host", str(host), "--benchmark", "muse", "--methods", "NPO", "--dry-run",
+                 "--python", "python3", "--", "trainer.args.per_device_train_batch_size=4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("python3 src/train.py --config-name=unlearn.yaml experiment=unlearn/muse/default.yaml trainer=NPO")
+    assert lines[0].endswith("trainer.args.per_device_train_batch_size=4")
+    assert "paths.output_dir=saves/unlearn/muse_Llama-2-7b-hf_News_NPO/evals" in lines[1]
+    assert not (host / "calls.log").exists()
+
+
+def test_retain_logs_used_when_present(host: Path) -> None:
+    logs = host / "saves" / "eval" / "tofu_Llama-3.2-1B-Instruct_retain90" / "TOFU_EVAL.json"
+    logs.parent.mkdir(parents=True)
+    logs.write_text("{}")
+    plan = plan_runs(host, "tofu", ["RMU"], [None], python=sys.executable)[0]
+    expected = "retain_logs_path=saves/eval/tofu_Llama-3.2-1B-Instruct_retain90/TOFU_EVAL.json"
+    assert expected in plan.commands[0] and expected in plan.commands[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--benchmark", "tofuu"], "unknown --benchmark 'tofuu'"),
+        (["--benchmark", "tofu", "--methods", "FALCON,Magic"], "unknown method 'Magic'"),
+        (["--benchmark", "tofu", "--lrs", "1e-5,fast"], "--lrs: not a number: 'fast'"),
+        (["--benchmark", "tofu", "--methods", ","], "--methods is empty"),
+    ],
+)
+def test_sweep_bad_input(host: Path, argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "--host", str(host), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_sweep_missing_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "--host", str(tmp_path / "nope"), "--benchmark", "tofu"]) == 2
+    assert "--host not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["sweep", "--host", str(tmp_path / "empty"), "--benchmark", "tofu"]) == 2
+    assert "not an open-unlearning checkout: missing src/train.py" in capsys.readouterr().err
+
+
+def test_parse_lrs_default() -> None:
+    assert parse_lrs(None) == [None]
+    assert parse_lrs("1e-5, 3e-5") == [1e-5, 3e-5]

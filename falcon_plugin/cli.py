@@ -8,6 +8,7 @@ table goes to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
@@ -20,6 +21,13 @@ from .demo.errors import InputError
 
 PROG = "falcon-unlearn"
 logger = logging.getLogger("falcon_plugin.cli")
+_OUT = {"stream": sys.stdout}
+
+
+def _emit(text: str) -> None:
+    """Write to the real stdout (while a command runs, ``sys.stdout`` points at stderr)."""
+    _OUT["stream"].write(text)
+    _OUT["stream"].flush()
 
 _DESCRIPTION = """\
 FALCON LLM unlearning (arXiv 2502.01472), as a plugin for open-unlearning.
@@ -165,7 +173,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         forget_data=args.forget_data, retain_data=args.retain_data, methods=methods, steps=args.steps,
         finetune=args.finetune, progress=not args.quiet,
     ))
-    sys.stdout.write(result.markdown())
+    _emit(result.markdown())
     logger.info("demo outputs written to %s (%.0f s in total)", args.out, result.meta["total_seconds"])
     return 0
 
@@ -207,8 +215,8 @@ def _cmd_mi(args: argparse.Namespace) -> int:
                               progress=not args.quiet)
     json_path, png_path = report.save(args.out)
     rows = [[s.layer, s.score, "<- l*" if s.layer == report.chosen_layer else ""] for s in report.scores]
-    sys.stdout.write(markdown_table(["layer", "I(F;R) score (nats)", "chosen"], rows, digits=4))
-    sys.stdout.write(f"\nrecommended layer: {report.chosen_layer} ({count} samples per set)\n")
+    _emit(markdown_table(["layer", "I(F;R) score (nats)", "chosen"], rows, digits=4))
+    _emit(f"\nrecommended layer: {report.chosen_layer} ({count} samples per set)\n")
     logger.info("MI report written to %s and %s", json_path, png_path)
     return 0
 
@@ -217,7 +225,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import build
 
     _, text = build(args.dirs, args.out)
-    sys.stdout.write(text)
+    _emit(text)
     logger.info("leaderboard written to %s", args.out)
     return 0
 
@@ -234,16 +242,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         for plan in plans:
             for command in plan.commands:
-                sys.stdout.write(" ".join(command) + "\n")
+                _emit(" ".join(command) + "\n")
         return 0
     out = args.out or host / "saves" / "sweep"
     outcomes = run_sweep(host, plans, out, force=args.force, progress=not args.quiet)
     rows = [[o.task, o.method, o.learning_rate, o.status, round(o.seconds, 1), o.message or ""] for o in outcomes]
-    sys.stdout.write(markdown_table(["task", "method", "lr", "status", "seconds", "note"], rows) + "\n")
+    _emit(markdown_table(["task", "method", "lr", "status", "seconds", "note"], rows) + "\n")
     saves = [d for d in (host / "saves" / "unlearn", host / "saves" / "eval") if d.is_dir()]
     try:
         _, text = build(saves or [host / "saves"], out / "leaderboard")
-        sys.stdout.write(text)
+        _emit(text)
     except InputError as err:
         logger.warning("no leaderboard: %s", err)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -292,8 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
     from .config import FalconConfigError
 
+    _OUT["stream"] = sys.stdout
     try:
-        return COMMANDS[args.command](args)
+        # libraries that print (DeepSpeed's accelerator notice, ...) go to stderr; only the table goes to stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            return COMMANDS[args.command](args)
     except (InputError, FalconConfigError) as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")
         return 2

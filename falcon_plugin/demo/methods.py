@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,15 +109,24 @@ class UnlearnOutcome:
 
 def unlearn(method: str, spec: MethodSpec, reference: torch.nn.Module, tokenizer: Any,
             forget: Sequence[Example], retain: Sequence[Example], steps: int, batch_size: int,
-            output_dir: Path, seed: int, progress: bool = True) -> UnlearnOutcome:
+            seed: int, progress: bool = True) -> UnlearnOutcome:
     """Unlearn ``forget`` from a deep copy of ``reference`` with ``spec`` for ``steps`` optimizer steps.
 
-    Constant learning rate, no warm-up, no weight decay, nothing saved but FALCON's MI report.
+    Constant learning rate, no warm-up, no weight decay; the Trainer's output folder is temporary
+    (FALCON's MI report comes back in the outcome).
     The wall time covers the whole ``train()`` call (FALCON's MI layer selection included).
     """
     if spec.prediction_positions:
         forget = [prediction_positions(e) for e in forget]
         retain = [prediction_positions(e) for e in retain]
+    with tempfile.TemporaryDirectory(prefix="falcon-demo-") as tmp:
+        return _unlearn(method, spec, reference, tokenizer, forget, retain, steps, batch_size, Path(tmp), seed,
+                        progress)
+
+
+def _unlearn(method: str, spec: MethodSpec, reference: torch.nn.Module, tokenizer: Any,
+             forget: Sequence[Example], retain: Sequence[Example], steps: int, batch_size: int,
+             output_dir: Path, seed: int, progress: bool) -> UnlearnOutcome:
     model = copy.deepcopy(reference)
     model.train()
     args = TrainingArguments(

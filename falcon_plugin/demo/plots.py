@@ -25,19 +25,18 @@ def forget_retain_scatter(rows: Sequence[dict[str, Any]], path: str | Path, refe
     for ax, (key, title) in zip(axes, panels, strict=True):
         for i, row in enumerate(rows):
             is_ref = row["method"] == reference
-            ax.scatter(row[f"forget_{key}"], row[f"retain_{key}"], s=220 if is_ref else 90,
+            ax.scatter(row[f"forget_{key}"], row[f"retain_{key}"], s=260 if is_ref else 90,
                        marker="*" if is_ref else "o", color="black" if is_ref else f"C{i}",
-                       label=row["method"], zorder=3)
-            ax.annotate(row["method"], (row[f"forget_{key}"], row[f"retain_{key}"]),
-                        textcoords="offset points", xytext=(6, 6), fontsize=8)
-        ax.set_xlim(-0.03, 1.03)
-        ax.set_ylim(-0.03, 1.03)
+                       label=row["method"], zorder=3, alpha=0.85)
+        ax.set_xlim(-0.04, 1.04)
+        ax.set_ylim(-0.04, 1.04)
         ax.set_xlabel(f"forget {title} (lower is better)")
         ax.set_ylabel(f"retain {title} (higher is better)")
         ax.set_title(title + " (ideal: top-left)")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return Path(path)

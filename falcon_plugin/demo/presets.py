@@ -4,12 +4,13 @@
 reduced size the tests run. Every method gets the same unlearning step budget and batch size.
 
 The method settings were tuned on the ``small`` demo (see docs/cli.md): FALCON at l* = L-2 with the
-whole MLP of layers l*-2..l* trainable and a retain weight of 10; ``FALCON-MI`` is FALCON with
+whole MLP of layers l*-2..l* trainable and a retain weight of 5; ``FALCON-MI`` is FALCON with
 ``layer: auto`` (Step 1 picks l*) and the core's default trainable tensors, at the same learning rate.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +31,19 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class MethodSettings:
+    """The tuned hyperparameters; :func:`build_methods` turns them into per-method specs for a model."""
+
+    mi_samples: int
+    falcon_lr: float
+    retain_weight: float
+    graddiff_lr: float
+    rmu_lr: float
+    rmu_steering: float
+    rmu_alpha: float = 10.0
+
+
+@dataclass(frozen=True)
 class DemoPreset:
     """Everything a demo run needs besides paths and the seed."""
 
@@ -41,50 +55,55 @@ class DemoPreset:
     unlearn_steps: int
     batch_size: int
     max_length: int
-    methods: dict[str, MethodSpec]
+    settings: MethodSettings
 
     def with_steps(self, steps: int) -> DemoPreset:
         """The same preset with another unlearning step budget."""
         return replace(self, unlearn_steps=steps)
 
 
-def _mlp_regex(first: int, last: int) -> list[str]:
-    return [rf"model\.layers\.({'|'.join(str(i) for i in range(first, last + 1))})\.mlp\..*"]
+def _mlp_regex(layers_path: str, first: int, last: int) -> list[str]:
+    ids = "|".join(str(i) for i in range(first, last + 1))
+    return [re.escape(layers_path) + rf"\.({ids})\.mlp\..*"]
 
 
-def _methods(num_layers: int, mi_samples: int, falcon_lr: float, retain_weight: float, graddiff_lr: float,
-             rmu_lr: float, rmu_steering: float) -> dict[str, MethodSpec]:
-    layer = num_layers - 2
-    trainable = _mlp_regex(max(0, layer - 2), layer)
+def build_methods(settings: MethodSettings, num_layers: int, layers_path: str = "model.layers") -> dict[str, MethodSpec]:
+    """Per-method specs for a model with ``num_layers`` decoder layers under ``layers_path``.
+
+    FALCON and RMU work at l* = L-2 (clamped at 0) and train the MLPs of layers l*-2..l*.
+    """
+    layer = max(0, num_layers - 2)
+    trainable = _mlp_regex(layers_path, max(0, layer - 2), layer)
     return {
-        "FALCON": MethodSpec("FALCON", falcon_lr, {
-            "layer": layer, "trainable_params_regex": trainable, "retain_weight": retain_weight,
+        "FALCON": MethodSpec("FALCON", settings.falcon_lr, {
+            "layer": layer, "trainable_params_regex": trainable, "retain_weight": settings.retain_weight,
         }, prediction_positions=True),
-        "FALCON-MI": MethodSpec("FALCON", falcon_lr, {
-            "layer": "auto", "retain_weight": retain_weight, "mi": {"samples": mi_samples},
+        "FALCON-MI": MethodSpec("FALCON", settings.falcon_lr, {
+            "layer": "auto", "retain_weight": settings.retain_weight, "mi": {"samples": settings.mi_samples},
         }, prediction_positions=True),
-        "GradDiff": MethodSpec("GradDiff", graddiff_lr, {"gamma": 1.0, "alpha": 1.0}),
-        "RMU": MethodSpec("RMU", rmu_lr, {
-            "layer": layer, "trainable_params_regex": trainable, "steering_coeff": rmu_steering, "alpha": 10.0,
+        "GradDiff": MethodSpec("GradDiff", settings.graddiff_lr, {"gamma": 1.0, "alpha": 1.0}),
+        "RMU": MethodSpec("RMU", settings.rmu_lr, {
+            "layer": layer, "trainable_params_regex": trainable, "steering_coeff": settings.rmu_steering,
+            "alpha": settings.rmu_alpha,
         }, prediction_positions=True),
     }
 
+
+# Tuned on the small demo (docs/cli.md): per method, the grid point maximising retain_prob - forget_prob.
+_TUNED = MethodSettings(mi_samples=30, falcon_lr=5e-3, retain_weight=5.0, graddiff_lr=5e-5, rmu_lr=5e-3,
+                        rmu_steering=20.0)
 
 PRESETS: dict[str, DemoPreset] = {
     "small": DemoPreset(
         n_entities=60, n_attributes=6, forget_fraction=0.1,
         model=TinyModelSpec(num_layers=6, hidden_size=128, intermediate_size=256, num_heads=4),
         finetune=FinetuneSpec(epochs=60, batch_size=32, learning_rate=3e-3),
-        unlearn_steps=80, batch_size=16, max_length=48,
-        methods=_methods(6, mi_samples=30, falcon_lr=1e-2, retain_weight=10.0, graddiff_lr=1e-4, rmu_lr=1e-2,
-                         rmu_steering=20.0),
+        unlearn_steps=80, batch_size=16, max_length=48, settings=_TUNED,
     ),
     "ci": DemoPreset(
         n_entities=24, n_attributes=4, forget_fraction=0.25,
         model=TinyModelSpec(num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4),
         finetune=FinetuneSpec(epochs=80, batch_size=16, learning_rate=3e-3),
-        unlearn_steps=40, batch_size=8, max_length=48,
-        methods=_methods(4, mi_samples=24, falcon_lr=1e-2, retain_weight=10.0, graddiff_lr=1e-4, rmu_lr=1e-2,
-                         rmu_steering=20.0),
+        unlearn_steps=40, batch_size=8, max_length=48, settings=replace(_TUNED, mi_samples=24),
     ),
 }

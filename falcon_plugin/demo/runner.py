@@ -7,6 +7,7 @@ loaded from ``--model``/``--data``), and every output is written atomically into
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from falcon_plugin.activations import find_decoder_layers
 from falcon_plugin.data import tokenize_qa
 from falcon_plugin.io import atomic_write_json, atomic_write_text
 
@@ -28,7 +30,7 @@ from .methods import METHODS, unlearn
 from .metrics import QAScores, evaluate_qa
 from .model import build_tiny_llama
 from .plots import forget_retain_scatter
-from .presets import PRESETS, DemoPreset
+from .presets import PRESETS, DemoPreset, build_methods
 from .tables import csv_text, markdown_table
 from .tokenizer import build_word_tokenizer
 
@@ -130,12 +132,22 @@ def _save_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> None:
     try:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        _chmod_umask(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _chmod_umask(folder: Path) -> None:
+    """mkdtemp makes 0700 folders: give the saved model the permissions a plain mkdir/open would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
@@ -156,8 +168,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
     setup = _prepare(options, preset)
     logger.info("demo: %d forget and %d retain QA pairs", len(setup.forget), len(setup.retain))
     atomic_write_text(out / "facts.jsonl", write_qa_jsonl(setup.forget_pairs + setup.retain_pairs))
-    do_finetune = options.finetune == "yes" or (options.finetune == "auto" and (setup.built_here or not options.data_path
-                                                                              and not options.forget_data))
+    own_data = bool(options.data_path or options.forget_data)
+    # auto: a model built here knows nothing, and no user model knows the generated facts
+    do_finetune = options.finetune == "yes" or (options.finetune == "auto" and (setup.built_here or not own_data))
     finetune_seconds = None
     if do_finetune:
         t0 = time.perf_counter()
@@ -168,17 +181,18 @@ def run_demo(options: DemoOptions) -> DemoResult:
     setup.model.eval()
 
     rows = [_evaluate(setup, setup.model, REFERENCE, seconds=finetune_seconds)]
-    layers: dict[str, int | None] = {}
+    layers_path, layers = find_decoder_layers(setup.model)
+    methods = build_methods(preset.settings, len(layers), layers_path)
+    mi_layer = None
     for method in options.methods:
-        spec = preset.methods[method]
+        spec = methods[method]
         outcome = unlearn(method, spec, setup.model, setup.tokenizer, setup.forget, setup.retain,
-                          preset.unlearn_steps, preset.batch_size, out / "runs" / method, options.seed,
-                          progress=options.progress)
+                          preset.unlearn_steps, preset.batch_size, options.seed, progress=options.progress)
         if outcome.mi_report is not None:
             from falcon_plugin.report import MIReport
 
             MIReport.from_dict(outcome.mi_report).save(out)
-        layers[method] = outcome.layer
+            mi_layer = outcome.layer
         rows.append(_evaluate(setup, outcome.model, method, seconds=outcome.seconds, layer=outcome.layer,
                               steps=preset.unlearn_steps, lr=spec.learning_rate))
         del outcome
@@ -190,7 +204,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
         "model_spec": None if options.model_path else asdict(preset.model),
         "finetune_seconds": finetune_seconds, "unlearn_steps": preset.unlearn_steps,
         "batch_size": preset.batch_size, "total_seconds": time.perf_counter() - started,
-        "method_args": {m: preset.methods[m].method_args for m in options.methods},
+        "mi_chosen_layer": mi_layer,
+        "method_args": {m: methods[m].method_args for m in options.methods},
     })
     write_outputs(result, out)
     return result

@@ -368,6 +368,18 @@ class FalconMixin:
         pov = principal_offset_vector(directions, self.falcon_config.pov_weight, self.falcon_config.pov_noise, generator)
         return directions, pov
 
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's optimizer without empty parameter groups.
+
+        FALCON trains only weight matrices, so the Trainer's no-weight-decay group is empty;
+        DeepSpeed drops empty groups while the LR scheduler keeps one rate per group, and the first
+        scheduler step fails (``zip() argument 2 is longer than argument 1``).
+        """
+        optimizer = super().create_optimizer(*args, **kwargs)  # type: ignore[misc]
+        inner = getattr(optimizer, "optimizer", optimizer)
+        inner.param_groups[:] = [group for group in inner.param_groups if group["params"]]
+        return optimizer
+
     # ------------------------------------------------------------------ the step
     def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None, **kwargs: Any) -> Any:

@@ -187,3 +187,12 @@ def test_thirty_layer_model_trains_at_layer_seven(tmp_path, tokenizer):
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)}
+
+
+def test_optimizer_has_no_empty_parameter_groups(tmp_path, tokenizer, forget_retain):
+    """DeepSpeed drops empty groups and the LR scheduler then fails: FALCON never creates one."""
+    trainer = make_trainer(tmp_path, tiny_llama(), forget_retain, tokenizer, layer=2)
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    assert groups and all(group["params"] for group in groups)
+    assert sum(len(g["params"]) for g in groups) == 3

@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -264,19 +264,42 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 COMMANDS = {"demo": _cmd_demo, "mi": _cmd_mi, "leaderboard": _cmd_leaderboard, "sweep": _cmd_sweep}
 
 
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    for noisy in ("absl", "urllib3", "matplotlib", "PIL", "filelock", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
+@contextlib.contextmanager
+def _cli_environment(verbose: bool, quiet: bool) -> Iterator[None]:
+    """Logging to stderr, quiet libraries, stdout kept for the table; everything restored afterwards
+    (``main`` also runs in-process, from tests and notebooks)."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    noisy = {name: logging.getLogger(name).level for name in ("absl", "urllib3", "matplotlib", "PIL", "filelock", "httpx")}
+    saved_tqdm = os.environ.get("TQDM_DISABLE")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when it is first imported
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        if quiet:
-            hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
+    hf_verbosity, hf_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # libraries that print (DeepSpeed's notices) -> stderr
+            yield
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+        for name, level in noisy.items():
+            logging.getLogger(name).setLevel(level)
+        hf_logging.set_verbosity(hf_verbosity)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+        if saved_tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved_tqdm
 
 
 def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -295,17 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "sweep":
         parser.error(f"arguments after '--' are only for sweep: {' '.join(extra)}")
     args.extra = extra
-    if args.quiet:
-        os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm when it is first imported
-    _configure_logging(args.verbose, args.quiet)
-    from .config import FalconConfigError
-
     _OUT["stream"] = sys.stdout
     try:
-        # libraries that print (DeepSpeed's accelerator notice, ...) go to stderr; only the table goes to stdout
-        with contextlib.redirect_stdout(sys.stderr):
-            return COMMANDS[args.command](args)
-    except (InputError, FalconConfigError) as err:
+        with _cli_environment(args.verbose, args.quiet):
+            from .config import FalconConfigError
+
+            try:
+                return COMMANDS[args.command](args)
+            except FalconConfigError as err:
+                raise InputError(str(err)) from None
+    except InputError as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")
         return 2
     except KeyboardInterrupt:

@@ -451,6 +451,8 @@ def scatter_png(rows: Sequence[Row], spec: BenchmarkSpec) -> bytes | None:
         ax.legend(fontsize=8)
     if forget.log:
         ax.set_yscale("log")
+        top = max(max(r.value(forget.key), floor) for r in points)  # type: ignore[type-var]
+        ax.set_ylim(top=top * 5)
     ax.set_xlabel(util.label)
     ax.set_ylabel(forget.label)
     ax.set_title(f"{spec.name}: utility vs forgetting (stars: reference models; red ring: Pareto front)")

@@ -108,7 +108,11 @@ def _prepare(options: DemoOptions, preset: DemoPreset) -> _Setup:
     def encode(pairs: list[QAPair]) -> list[dict[str, torch.Tensor]]:
         return [tokenize_qa(tokenizer, p.question, p.answer, preset.max_length) for p in pairs]
 
-    return _Setup(tokenizer, model, forget_pairs, retain_pairs, encode(forget_pairs), encode(retain_pairs), built)
+    forget, retain = encode(forget_pairs), encode(retain_pairs)
+    if built and any(tokenizer.unk_token_id in e["input_ids"] for e in forget + retain):
+        raise RuntimeError("the demo's word tokenizer misses words of falcon_plugin.data.tokenize_qa's prompt "
+                           "template; add them to falcon_plugin.demo.runner.TEMPLATE_WORDS")
+    return _Setup(tokenizer, model, forget_pairs, retain_pairs, forget, retain, built)
 
 
 def _scores_row(method: str, forget: QAScores, retain: QAScores, **extra: Any) -> dict[str, Any]:

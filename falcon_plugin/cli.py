@@ -31,11 +31,8 @@ def _emit(text: str) -> None:
 
 _DESCRIPTION = """\
 FALCON LLM unlearning (arXiv 2502.01472), as a plugin for open-unlearning.
-
-  demo         offline end-to-end demo on CPU: fictitious facts, tiny Llama, FALCON vs GradDiff vs RMU
-  mi           FALCON Step 1 on any HF causal LM: per-layer mutual information, recommended layer
-  leaderboard  open-unlearning and demo results side by side (Markdown, CSV, HTML, Pareto plot)
-  sweep        run open-unlearning's train/eval for several methods, then the leaderboard
+Start with `falcon-unlearn demo` (offline, a few minutes on 2 CPU cores); `falcon-unlearn COMMAND -h`
+explains each command.
 """
 
 
@@ -61,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     demo = sub.add_parser(
-        "demo", formatter_class=fmt, help="offline end-to-end demo (a few minutes on 2 CPU cores)",
+        "demo", formatter_class=fmt, help="offline end-to-end demo: fictitious facts, tiny Llama, FALCON vs baselines",
         description="Generate fictitious TOFU-like facts, build a word-level tokenizer and a tiny Llama, fine-tune it\n"
-        "until it knows every fact, then unlearn the forget entities with FALCON (layer chosen by MI),\n"
-        "GradDiff and an RMU-style baseline at the same step budget, and print a side-by-side table.\n\n"
+        "until it knows every fact, then unlearn the forget people with FALCON (l* = L-2), FALCON-MI\n"
+        "(layer chosen by MI, layer=auto), GradDiff and an RMU-style baseline at the same step budget,\n"
+        "and print a side-by-side table.\n\n"
         "Writes into --out: results.md/.csv/.json, mi_report.json/.png, forget_vs_retain.png,\n"
         "facts.jsonl (the data, with a split field) and finetuned/ (the fine-tuned model).",
         epilog="examples:\n  falcon-unlearn demo --out demo_out\n  falcon-unlearn demo --size ci --out /tmp/ci\n"
@@ -87,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
 
     mi = sub.add_parser(
-        "mi", formatter_class=fmt, help="MI-guided layer selection (FALCON Step 1) on any HF causal LM",
+        "mi", formatter_class=fmt, help="FALCON Step 1 on any HF causal LM: per-layer MI, recommended layer",
         description="Score every decoder layer l by I(F_l; R_l) (+ eta * sum I(F_i; F_j) with several forget sets)\n"
         "from pooled activations, recommend l* = argmin, and write mi_report.json and mi_report.png.\n"
         "Data files: JSON/JSONL records with 'question' and 'answer', or 'text' (a corpus document).",
@@ -109,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(mi)
 
     board = sub.add_parser(
-        "leaderboard", formatter_class=fmt, help="collect results into one table per benchmark",
+        "leaderboard", formatter_class=fmt, help="open-unlearning and demo results side by side, Pareto plot",
         description="Collect open-unlearning outputs (TOFU_SUMMARY.json, MUSE_SUMMARY.json, LMEval_SUMMARY.json, with\n"
         "each run's .hydra/config.yaml for the method, model and split) and demo results.json files\n"
         "under the given folders. Writes leaderboard.md/.html/.json, <benchmark>.csv and\n"
@@ -121,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(board)
 
     sweep = sub.add_parser(
-        "sweep", formatter_class=fmt, help="run the host's train/eval per method, then the leaderboard",
+        "sweep", formatter_class=fmt, help="run open-unlearning's train/eval per method, then the leaderboard",
         description="For each method (and learning rate) run, in the open-unlearning checkout, src/train.py with\n"
         "experiment=unlearn/<benchmark>/default.yaml trainer=<method> (same budget for all) and then\n"
         "src/eval.py into saves/unlearn/<task>/evals. Completed runs are skipped (marker file written\n"

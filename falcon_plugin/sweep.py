@@ -45,6 +45,9 @@ class BenchmarkRecipe:
     eval_experiment: str
     summary_file: str
     extra_splits: dict[str, str] = field(default_factory=dict)
+    """Further split keys for src/train.py (the unlearn experiment defines them)."""
+    eval_splits: tuple[str, ...] = ()
+    """Which of ``extra_splits`` src/eval.py also takes (its eval experiment defines them)."""
     model_path: str | None = None
     retain_logs: str | None = None
 
@@ -53,7 +56,7 @@ RECIPES: dict[str, BenchmarkRecipe] = {
     "tofu": BenchmarkRecipe(
         "tofu", "Llama-3.2-1B-Instruct", "forget_split", "forget10", "unlearn/tofu/default.yaml",
         "eval/tofu/default.yaml", "TOFU_SUMMARY.json", {"retain_split": "retain90", "holdout_split": "holdout10"},
-        model_path="open-unlearning/tofu_{model}_full", retain_logs="saves/eval/tofu_{model}_{retain_split}/TOFU_EVAL.json",
+        eval_splits=("holdout_split",), model_path="open-unlearning/tofu_{model}_full", retain_logs="saves/eval/tofu_{model}_{retain_split}/TOFU_EVAL.json",
     ),
     "muse": BenchmarkRecipe(
         "muse", "Llama-2-7b-hf", "data_split", "News", "unlearn/muse/default.yaml", "eval/muse/default.yaml",
@@ -157,7 +160,8 @@ def plan_runs(host: Path, benchmark: str, methods: Sequence[str], lrs: Sequence[
     if retain_logs and not (host / retain_logs).is_file():
         logger.warning("sweep: %s not found in the host; forget_quality/privleak need the retain model's logs", retain_logs)
         retain_logs = None
-    eval_common = [f"model={model}", *(f"{k}={v}" for k, v in splits.items())]
+    eval_keys = (recipe.split_key, *recipe.eval_splits)
+    eval_common = [f"model={model}", *(f"{k}={v}" for k, v in splits.items() if k in eval_keys)]
     if retain_logs:
         common.append(f"retain_logs_path={retain_logs}")
         eval_common.append(f"retain_logs_path={retain_logs}")

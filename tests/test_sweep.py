@@ -128,6 +128,17 @@ def test_dry_run_prints_host_commands(host: Path, capsys: pytest.CaptureFixture[
     assert not (host / "calls.log").exists()
 
 
+def test_split_overrides_match_host_experiments(host: Path) -> None:
+    """experiment=eval/tofu/default.yaml defines forget_split and holdout_split, not retain_split
+    (Hydra refuses overrides of keys a config lacks); the unlearn experiment defines all three."""
+    train, evaluate = plan_runs(host, "tofu", ["RMU"], [None], python="python")[0].commands
+    assert {"forget_split=forget10", "retain_split=retain90", "holdout_split=holdout10"} <= set(train)
+    assert {"forget_split=forget10", "holdout_split=holdout10"} <= set(evaluate)
+    assert not any(arg.startswith("retain_split=") for arg in evaluate)
+    muse_eval = plan_runs(host, "muse", ["NPO"], [None], python="python")[0].commands[1]
+    assert "data_split=News" in muse_eval and not any("forget_split" in a for a in muse_eval)
+
+
 def test_retain_logs_used_when_present(host: Path) -> None:
     logs = host / "saves" / "eval" / "tofu_Llama-3.2-1B-Instruct_retain90" / "TOFU_EVAL.json"
     logs.parent.mkdir(parents=True)

@@ -44,23 +44,31 @@ def tokenize_text(tokenizer: Any, text: str, max_length: int = 256) -> Example:
 
 
 class ForgetRetainDataset(torch.utils.data.Dataset):
-    """Anchored on the forget set, as the host's: item i pairs forget[i] with a seeded random retain item."""
+    """Anchored on the forget set, as the host's: item i pairs forget[i] with a retain item.
 
-    def __init__(self, forget: Sequence[Example], retain: Sequence[Example], seed: int = 0) -> None:
+    With ``redraw`` (the default, as the host's dataset) the retain item is drawn afresh, from a
+    generator seeded by ``seed``, on every access, so training sees the whole retain set. With
+    ``redraw=False`` each forget item keeps one seeded retain partner: items then depend on the
+    index alone, which makes a resumed run bit-identical to an uninterrupted one.
+    """
+
+    def __init__(self, forget: Sequence[Example], retain: Sequence[Example], seed: int = 0, redraw: bool = True) -> None:
         if len(forget) == 0:
             raise ValueError("ForgetRetainDataset: the forget set is empty")
         if len(retain) == 0:
             raise ValueError("ForgetRetainDataset: the retain set is empty")
         self.forget = list(forget)
         self.retain = list(retain)
-        rng = random.Random(seed)
-        self._retain_index = [rng.randrange(len(self.retain)) for _ in self.forget]
+        self.redraw = redraw
+        self._rng = random.Random(seed)
+        self._retain_index = [self._rng.randrange(len(self.retain)) for _ in self.forget]
 
     def __len__(self) -> int:
         return len(self.forget)
 
     def __getitem__(self, index: int) -> dict[str, Example]:
-        return {"forget": self.forget[index], "retain": self.retain[self._retain_index[index]]}
+        partner = self._rng.randrange(len(self.retain)) if self.redraw else self._retain_index[index]
+        return {"forget": self.forget[index], "retain": self.retain[partner]}
 
 
 def pad_examples(examples: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int, side: str = "right") -> Example:

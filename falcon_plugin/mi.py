@@ -125,11 +125,12 @@ class MIEstimate:
 def mutual_information(
     x: np.ndarray, y: np.ndarray, estimator: str = "kde", pca_variance: float = 0.95
 ) -> MIEstimate:
-    """I(X;Y) from paired samples (the first min(n_x, n_y) of each are paired for the joint)."""
+    """I(X;Y) from paired samples: the first min(n_x, n_y) of each, for all three entropies."""
     n = min(len(x), len(y))
+    x, y = x[:n], y[:n]
     h_x = entropy(x, estimator, pca_variance)
     h_y = entropy(y, estimator, pca_variance)
-    h_xy = entropy(np.hstack([x[:n], y[:n]]), estimator, pca_variance)
+    h_xy = entropy(np.hstack([x, y]), estimator, pca_variance)
     return MIEstimate(h_x + h_y - h_xy, h_x, h_y, h_xy)
 
 

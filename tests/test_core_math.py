@@ -25,10 +25,14 @@ from falcon_plugin.projection import resolve_gradient_conflict
 
 
 # ----------------------------------------------------------------------------- losses
-def test_token_mask_uses_labels_and_attention():
-    labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8]])
-    attention = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+def test_token_mask_selects_positions_that_predict_answer_tokens():
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, -100, -100, 7]])
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1]])
+    # position t is selected iff token t+1 is an answer token (the causal LM's shift)
     assert token_mask(labels, attention).tolist() == [[False, True, True, False], [False, False, True, False]]
+    left_padded = torch.tensor([[-100, -100, -100, 9, 9]])
+    assert token_mask(left_padded, torch.tensor([[0, 1, 1, 1, 1]])).tolist() == [[False, False, True, True, False]]
+    assert token_mask(torch.tensor([-100, 4, 4]), None).tolist() == [True, True, False]  # 1-D works too
     assert token_mask(None, attention).tolist() == attention.bool().tolist()
 
 
@@ -259,3 +263,20 @@ def test_score_layers_and_select_layer_pick_the_argmin():
     assert [s.layer for s in scores] == [4, 5, 6]
     assert select_layer(scores) == 5
     assert scores[0].score > scores[2].score > scores[1].score
+
+
+def test_mutual_information_uses_the_same_samples_for_every_entropy():
+    x, y, _ = _correlated(600, 2, 0.5, seed=4)
+    assert mutual_information(x, y[:300], "gaussian", 1.0) == mutual_information(x[:300], y[:300], "gaussian", 1.0)
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    from falcon_plugin.io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "r.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not list(tmp_path.glob(".r.json.*"))

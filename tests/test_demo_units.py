@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from falcon_plugin.data import ForgetRetainCollator, tokenize_qa
+from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset, tokenize_qa
 from falcon_plugin.demo.data_io import load_mi_records, load_split_data
 from falcon_plugin.demo.errors import InputError
 from falcon_plugin.demo.facts import generate_facts, split_by_entity
-from falcon_plugin.demo.methods import RedrawRetainDataset, prediction_positions
 from falcon_plugin.demo.metrics import answer_probabilities, evaluate_qa, rouge_l_recall
 from falcon_plugin.demo.model import TinyModelSpec, build_tiny_llama
 from falcon_plugin.demo.tokenizer import build_word_tokenizer
@@ -67,16 +66,14 @@ def test_tiny_llama_and_metrics(tokenizer, facts) -> None:
     assert rouge_l_recall(["The Golden Tower", "cat"], ["The Golden Tower", "black cat"]) == [1.0, 0.5]
 
 
-def test_prediction_positions_and_redraw(tokenizer, facts) -> None:
+def test_retain_partner_is_redrawn(tokenizer, facts) -> None:
     example = tokenize_qa(tokenizer, facts[0].question, facts[0].answer, 48)
-    shifted = prediction_positions(example)
-    answer = (example["labels"] != -100).nonzero().flatten()
-    selected = (shifted["labels"] != -100).nonzero().flatten()
-    assert selected.tolist() == (answer - 1).tolist()  # the last prompt token predicts the first answer token
     retain = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[4:]]
-    dataset = RedrawRetainDataset([example], retain, seed=0)
+    dataset = ForgetRetainDataset([example], retain, seed=0)
     drawn = {tuple(dataset[0]["retain"]["input_ids"].tolist()) for _ in range(40)}
     assert len(drawn) > 10
+    fixed = ForgetRetainDataset([example], retain, seed=0, redraw=False)
+    assert len({tuple(fixed[0]["retain"]["input_ids"].tolist()) for _ in range(10)}) == 1
 
 
 def _write(path: Path, text: str) -> Path:
@@ -110,7 +107,7 @@ def _trainer(cls, model, tokenizer, forget, retain, tmp_path, **method_args):
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
                              report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
                              dataloader_pin_memory=False, use_cpu=True)
-    return cls(model=model, args=args, train_dataset=RedrawRetainDataset(forget, retain, seed=0),
+    return cls(model=model, args=args, train_dataset=ForgetRetainDataset(forget, retain, seed=0),
                data_collator=ForgetRetainCollator(tokenizer.pad_token_id), tokenizer=tokenizer, **method_args)
 
 

@@ -1,21 +1,14 @@
 """Running one unlearning method on a copy of the demo model, at a given step budget.
 
-Two data choices of the demo live here (both reported to the core, see docs/cli.md):
-
-* retain pairing: every access to a training item draws a fresh (seeded) retain example, as the
-  host's ``ForgetRetainDataset`` does, so a run sees the whole retain set, not one retain example
-  per forget example;
-* prediction positions: for the representation methods (FALCON, RMU) the ``labels`` are shifted one
-  position left, so their token mask selects the positions whose *next* token is an answer token
-  (the last prompt token included), where a causal LM retrieves the answer. Neither method uses the
-  label values, only ``labels != -100``.
+Retain pairing and token masks come from the core: ``ForgetRetainDataset`` draws a fresh (seeded)
+retain example on every access, as the host's dataset does, and the representation losses see the
+positions that *predict* answer tokens (``falcon_plugin.losses.token_mask``).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -27,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback, TrainingArguments
 
-from falcon_plugin.data import IGNORE_INDEX, ForgetRetainCollator, ForgetRetainDataset
+from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
 
 from .presets import MethodSpec
 
@@ -53,25 +46,6 @@ def trainer_class(name: str) -> type:
 
         return RMUBaseline
     raise ValueError(f"unknown trainer {method!r}; expected one of {', '.join(TRAINERS)}")
-
-
-class RedrawRetainDataset(ForgetRetainDataset):
-    """Forget-anchored pairs whose retain example is drawn afresh (seeded) on every access."""
-
-    def __init__(self, forget: Sequence[Example], retain: Sequence[Example], seed: int = 0) -> None:
-        super().__init__(forget, retain, seed=seed)
-        self._rng = random.Random(seed)
-
-    def __getitem__(self, index: int) -> dict[str, Example]:
-        return {"forget": self.forget[index], "retain": self.retain[self._rng.randrange(len(self.retain))]}
-
-
-def prediction_positions(example: Example) -> Example:
-    """``labels`` shifted one left: position t is selected iff token t+1 is labelled."""
-    labels = example["labels"]
-    shifted = torch.full_like(labels, IGNORE_INDEX)
-    shifted[:-1] = labels[1:]
-    return {**example, "labels": shifted}
 
 
 class _QuietProgress(TrainerCallback):
@@ -116,9 +90,6 @@ def unlearn(method: str, spec: MethodSpec, reference: torch.nn.Module, tokenizer
     (FALCON's MI report comes back in the outcome).
     The wall time covers the whole ``train()`` call (FALCON's MI layer selection included).
     """
-    if spec.prediction_positions:
-        forget = [prediction_positions(e) for e in forget]
-        retain = [prediction_positions(e) for e in retain]
     with tempfile.TemporaryDirectory(prefix="falcon-demo-") as tmp:
         return _unlearn(method, spec, reference, tokenizer, forget, retain, steps, batch_size, Path(tmp), seed,
                         progress)
@@ -149,7 +120,7 @@ def _unlearn(method: str, spec: MethodSpec, reference: torch.nn.Module, tokenize
     trainer = trainer_class(spec.trainer)(
         model=model,
         args=args,
-        train_dataset=RedrawRetainDataset(forget, retain, seed=seed),
+        train_dataset=ForgetRetainDataset(forget, retain, seed=seed, redraw=True),
         data_collator=ForgetRetainCollator(tokenizer.pad_token_id),
         tokenizer=tokenizer,
         **copy.deepcopy(spec.method_args),

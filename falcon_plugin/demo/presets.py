@@ -25,9 +25,6 @@ class MethodSpec:
     trainer: str
     learning_rate: float
     method_args: dict[str, Any] = field(default_factory=dict)
-    prediction_positions: bool = False
-    """Representation losses on the positions that *predict* answer tokens (the last prompt token and
-    the answer tokens but the last) instead of the answer tokens themselves; see :mod:`.methods`."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +74,15 @@ def build_methods(settings: MethodSettings, num_layers: int, layers_path: str = 
     return {
         "FALCON": MethodSpec("FALCON", settings.falcon_lr, {
             "layer": layer, "trainable_params_regex": trainable, "retain_weight": settings.retain_weight,
-        }, prediction_positions=True),
+        }),
         "FALCON-MI": MethodSpec("FALCON", settings.falcon_lr, {
             "layer": "auto", "retain_weight": settings.retain_weight, "mi": {"samples": settings.mi_samples},
-        }, prediction_positions=True),
+        }),
         "GradDiff": MethodSpec("GradDiff", settings.graddiff_lr, {"gamma": 1.0, "alpha": 1.0}),
         "RMU": MethodSpec("RMU", settings.rmu_lr, {
             "layer": layer, "trainable_params_regex": trainable, "steering_coeff": settings.rmu_steering,
             "alpha": settings.rmu_alpha,
-        }, prediction_positions=True),
+        }),
     }
 
 

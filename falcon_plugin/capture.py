@@ -1,7 +1,8 @@
 """Step 1 glue: pooled activations of every decoder layer, one forward pass per batch.
 
-Forward hooks on every decoder layer pool each layer's output (last non-pad token, or the mean over
-non-pad tokens) as the pass goes, so memory holds (layers, batch, hidden) rather than full
+Forward hooks on every decoder layer pool each layer's output (the last position, or the mean over
+the positions, that carry the answer when the batch has labels; else over all non-pad tokens) as
+the pass goes, so memory holds (layers, batch, hidden) rather than full
 sequences; the pass stops after the last decoder layer (no final norm, no lm_head).
 """
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from .activations import _hooks, find_decoder_layers, forward_until, layer_output
+from .losses import token_mask
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -65,7 +67,9 @@ def capture_layer_activations(
         with _hooks([layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]):
             for batch in iterator:
                 inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
-                mask_holder["mask"] = inputs["attention_mask"]
+                # with labels, pool over the positions that carry the answer (the official code pools
+                # the last token of "Question: ... Answer: ..." text: the last answer word, not EOS)
+                mask_holder["mask"] = token_mask(batch.get("labels"), batch["attention_mask"]).to(device)
                 forward_until(model, inputs, layers[-1])
     finally:
         model.train(was_training)

@@ -7,6 +7,9 @@
 #   benchmarks/tofu_quality.sh [STAGE ...]
 #
 # STAGES (default: all, in order): data export finetune eval_refs unlearn relearn report
+#   finetune = finetune_target finetune_retain; eval_refs = eval_retain eval_target probes;
+#   finish_unlearn = evaluate (src/eval.py) unlearned models whose in-training eval did not finish.
+# Env: SCALE=full|micro|smoke, PAR (parallel unlearning runs), RELEARN_RUNS, LRS_<METHOD>, EXTRA_<METHOD>
 # Every stage skips work whose output already exists (delete the output to redo it); outputs are
 # written to a temporary name and renamed. Nothing is installed: PY must already have the host's
 # requirements and falcon-unlearning (`trainer=FALCON` comes from our Hydra search-path plugin).
@@ -120,11 +123,12 @@ stage_finetune() { stage_finetune_target; stage_finetune_retain; }
 host_eval() {  # $1 = model dir, $2 = output dir, $3 = retain_logs_path or null
   if [ -f "$2/TOFU_EVAL.json" ]; then log "eval $2: exists"; return; fi
   log "eval $1 -> $2"
+  local tag; tag=$(basename "$2"); [ "$tag" = evals ] && tag=$(basename "$(dirname "$2")" .tmp)
   rm -rf "$2.tmp"
   model_overrides "$1"
   (cd "$HOST" && $NICE $PY src/eval.py experiment=eval/tofu/default \
     "${MO[@]}" "${EVAL_O[@]}" "retain_logs_path=$3" model.model_args.device_map=${DEVICE_MAP:-cpu} \
-    task_name=tq_eval_$(basename "$2") paths.output_dir="$2.tmp") > "$WORK/logs/eval_$(basename "$2").log" 2>&1
+    task_name=tq_eval_$tag paths.output_dir="$2.tmp") > "$WORK/logs/eval_$tag.log" 2>&1
   mv "$2.tmp" "$2"
 }
 stage_eval_retain() { host_eval "$M/retain" "$WORK/evals/retain" null; }
@@ -151,12 +155,30 @@ unlearn() {  # $1 = method, $2 = lr
     retain_split=retain retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" \
     trainer.args.per_device_train_batch_size=$UL_BS trainer.args.learning_rate=$2 \
     trainer.args.num_train_epochs=$UL_EPOCHS trainer.args.logging_steps=1 ${EXTRA_UNLEARN:-} ${!xv:-} \
-    task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1
-  local ev=$(ls -d "$out.tmp"/checkpoint-*/evals 2>/dev/null | head -1)
-  cp "$ev/TOFU_EVAL.json" "$ev/TOFU_SUMMARY.json" "$out.tmp/"
+    task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
+    || log "unlearn $name: host run failed (see logs/ul_$name.log); evaluating the saved model if any"
   echo $(( $(date +%s) - t0 )) > "$out.tmp/seconds"
+  finish_unlearn "$out" || true
+}
+finish_unlearn() {  # $1 = run dir; take the host's end-of-training eval, else evaluate the saved model
+  local out=$1 ev
+  ev=$(ls -d "$out.tmp"/checkpoint-[0-9]*/evals 2>/dev/null | grep -v partial | head -1 || true)
+  if [ -z "$ev" ] || ! grep -q model_utility "$ev/TOFU_SUMMARY.json" 2>/dev/null; then
+    [ -f "$out.tmp/model.safetensors" ] || { log "unlearn $(basename "$out"): no model saved, see logs"; return 1; }
+    host_eval "$out.tmp" "$out.tmp/evals" "$WORK/evals/retain/TOFU_EVAL.json"; ev=$out.tmp/evals
+  fi
+  cp "$ev/TOFU_EVAL.json" "$ev/TOFU_SUMMARY.json" "$out.tmp/"
   touch "$out.tmp/DONE"
   mv "$out.tmp" "$out"
+}
+stage_finish_unlearn() {  # runs whose training finished but whose eval did not (PAR at a time)
+  local d n=0
+  for d in "$WORK"/unlearn/*.tmp; do
+    [ -f "$d/model.safetensors" ] || continue
+    finish_unlearn "${d%.tmp}" & n=$((n + 1))
+    if [ "$n" -ge "${PAR:-1}" ]; then wait -n || true; n=$((n - 1)); fi
+  done
+  wait
 }
 stage_unlearn() {  # PAR runs at a time (default 1)
   mkdir -p "$WORK/unlearn"

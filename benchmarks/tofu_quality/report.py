@@ -33,16 +33,25 @@ refs = {k: load(os.path.join(work, "evals", k, "TOFU_SUMMARY.json")) for k in ("
 probes = {k: load(os.path.join(work, "evals", f"probe_{k}.json")) for k in ("base", "target")}
 runs = []
 udir = os.path.join(work, "unlearn")
-for name in sorted(os.listdir(udir)) if os.path.isdir(udir) else []:
-    d = os.path.join(udir, name)
-    s = load(os.path.join(d, "TOFU_SUMMARY.json"))
-    if not s or not os.path.exists(os.path.join(d, "DONE")):
+import glob
+for d in sorted(glob.glob(os.path.join(udir, "*"))):
+    name = os.path.basename(d)
+    done = os.path.exists(os.path.join(d, "DONE"))
+    s = load(os.path.join(d, "TOFU_SUMMARY.json")) if done else None
+    partial = False
+    if s is None:  # unfinished run: the metrics its in-training eval got to (marked partial)
+        cands = glob.glob(os.path.join(d, "checkpoint-*", "evals", "TOFU_SUMMARY.json")) + \
+            glob.glob(os.path.join(d, "evals.tmp", "TOFU_SUMMARY.json"))
+        s = next((load(c) for c in cands if load(c)), None)
+        partial = True
+    if not s:
         continue
+    name = name[:-4] if name.endswith(".tmp") else name
     method, lr = name.rsplit("_lr", 1)
-    r = {"method": method, "lr": float(lr), "run": name, **{k: s.get(k) for k in KEYS}}
-    sec = load(os.path.join(d, "seconds"))
-    r["seconds"] = sec
-    rl = load(os.path.join(d, "relearn.json"))
+    r = {"method": method + (" (partial)" if partial else ""), "lr": float(lr), "run": name, "partial": partial,
+         **{k: s.get(k) for k in KEYS}}
+    r["seconds"] = load(os.path.join(d, "seconds"))
+    rl = load(os.path.join(d, "relearn.json")) or load(os.path.join(work, f"relearn_{name}.json"))
     if rl:
         r.update(relearn_prob_before=rl["before"]["prob"], relearn_prob_after=rl["after"]["prob"],
                  relearn_rouge_before=rl["before"]["rougeL_recall"], relearn_rouge_after=rl["after"]["rougeL_recall"])
@@ -57,11 +66,13 @@ for r in runs:
     cand = [x for x in runs if x["method"] == r["method"]]
     ok = [x for x in cand if x["keeps_utility"]] or cand
     best[r["method"]] = max(ok, key=lambda x: (x["forget_quality"] or 0, x["model_utility"] or 0))
+full = [r for r in runs if r["forget_quality"] is not None and r["model_utility"] is not None]
 for r in runs:
     r["selected"] = best[r["method"]] is r
-    r["pareto"] = not any((o["forget_quality"] >= r["forget_quality"] and o["model_utility"] >= r["model_utility"]
-                           and (o["forget_quality"] > r["forget_quality"] or o["model_utility"] > r["model_utility"]))
-                          for o in runs if o is not r)
+    r["pareto"] = r in full and not any(
+        (o["forget_quality"] >= r["forget_quality"] and o["model_utility"] >= r["model_utility"]
+         and (o["forget_quality"] > r["forget_quality"] or o["model_utility"] > r["model_utility"]))
+        for o in full if o is not r)
 
 
 def f(x, nd=3):
@@ -89,7 +100,7 @@ md += ["", "## Best run per method", "",
        "(flag `!` = no run kept that utility; its highest-forget_quality run is shown).", "",
        "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 for m, r in sorted(best.items(), key=lambda kv: -(kv[1]["forget_quality"] or 0)):
-    row = [f(r[c]) if c not in ("pareto",) else ("yes" if r[c] else "no") for c in cols]
+    row = [f(r.get(c)) if c != "pareto" else ("yes" if r[c] else "no") for c in cols]
     if not r["keeps_utility"]:
         row[0] += " !"
     md.append("| " + " | ".join(row) + " |")
@@ -119,7 +130,7 @@ import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(6.5, 4.5))
 colors = {}
-for r in runs:
+for r in full:
     c = colors.setdefault(r["method"], f"C{len(colors)}")
     y = math.log10(max(r["forget_quality"], 1e-30))
     ax.scatter(r["model_utility"], y, color=c, s=80 if r["selected"] else 25, marker="o" if r["selected"] else "x",
@@ -135,6 +146,9 @@ for k, mk in (("target", "s"), ("retain", "*")):
         ax.scatter(s["model_utility"], math.log10(max(s["forget_quality"], 1e-30)), marker=mk, color="k", s=90, label=k)
     elif s and k == "retain":
         ax.axvline(s["model_utility"], color="grey", lw=0.6, ls=":", label="retain model utility")
+if not full:
+    ax.text(0.5, 0.5, "no unlearning run finished its host evaluation\n(see README.md)", ha="center",
+            va="center", transform=ax.transAxes, fontsize=9)
 if mu_t:
     ax.axvline(0.95 * mu_t, color="red", lw=0.6, ls=":", label="0.95 x target utility")
     ax.axvline(mu_t, color="k", lw=0.6, ls="-.", label="target utility")

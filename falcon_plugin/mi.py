@@ -27,6 +27,7 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import gaussian_kde
 from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_limits
 
 from .config import ESTIMATORS
 
@@ -184,9 +185,12 @@ def score_layers(
 
         iterator = tqdm(iterator, desc="MI per layer", unit="layer")
     scores = []
-    for idx in iterator:
-        score, fr, ff = score_layer([f[idx] for f in forget], retain[idx], estimator, pca_variance, eta)
-        scores.append(LayerScore(layer_ids[idx], score, fr, ff))
+    # The matrices are tiny (n samples x d): a multi-threaded BLAS only adds synchronisation, and on a
+    # busy machine its spinning threads make each SVD ~100x slower. One BLAS thread, restored after.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for idx in iterator:
+            score, fr, ff = score_layer([f[idx] for f in forget], retain[idx], estimator, pca_variance, eta)
+            scores.append(LayerScore(layer_ids[idx], score, fr, ff))
     return scores
 
 

@@ -42,7 +42,7 @@ for d in sorted(glob.glob(os.path.join(udir, "*"))):
     if s is None:  # unfinished run: the metrics its in-training eval got to (marked partial)
         cands = glob.glob(os.path.join(d, "checkpoint-*", "evals", "TOFU_SUMMARY.json")) + \
             glob.glob(os.path.join(d, "evals.tmp", "TOFU_SUMMARY.json"))
-        s = next((load(c) for c in cands if load(c)), None)
+        s = max((load(c) or {} for c in cands), key=len, default=None)  # the furthest-along eval
         partial = True
     if not s:
         continue

@@ -1,0 +1,1 @@
+"""Benchmarks for falcon-unlearning (issue 5); run ``python benchmarks/step.py --help``."""

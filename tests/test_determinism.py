@@ -13,21 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 from conftest import CharTokenizer, qa_items, tiny_llama
 from transformers import TrainingArguments
 
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
 from falcon_plugin.trainer import FALCON
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trainer(out: Path, seed: int = 0, layer: int | str = "auto", steps: int = 3) -> FALCON:

@@ -25,14 +25,6 @@ STEPS = 4
 SAVE_AT = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _StopAt(TrainerCallback):
     """Stops the run after ``step`` optimizer steps (after that step's checkpoint is written)."""
 

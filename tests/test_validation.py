@@ -28,15 +28,6 @@ from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
 from falcon_plugin.trainer import FALCON, NonFiniteLossError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests are tiny; one intra-op thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class Env:
     """What a row builds its bad input from: a tiny 4-layer Llama (vocab 64) and host-shaped data."""

@@ -197,12 +197,14 @@ def _random_batch(rows: int, seq_len: int, vocab: int, generator: torch.Generato
     return {"input_ids": batch, "attention_mask": torch.ones_like(batch), "labels": batch.clone()}
 
 
-def load_data(tokenizer: Any, vocab: int, batch: int, seq_len: int, mi_samples: int, seed: int = 0) -> BenchData:
+def load_data(tokenizer: Any, vocab: int, batch: int, seq_len: int, mi_samples: int, seed: int = 0,
+              mi_max_len: int = 256) -> BenchData:
     """Real text when possible: TOFU forget10/retain90, else WikiText-2, else random token ids.
 
     Step batches are packed to exactly ``seq_len`` tokens with every label valid; MI samples are
     one question/answer pair each (TOFU: ``falcon_plugin.data.tokenize_qa``), one line (WikiText) or
-    ``min(seq_len, 64)`` random ids.
+    ``min(mi_max_len, 64)`` random ids, truncated to ``mi_max_len`` tokens (independent of ``seq_len``:
+    MI pools the answer positions, which a short truncation would cut off).
     """
     from falcon_plugin.data import tokenize_qa, tokenize_text
 
@@ -220,8 +222,8 @@ def load_data(tokenizer: Any, vocab: int, batch: int, seq_len: int, mi_samples: 
         return BenchData(
             forget=_pack(tokenizer, qa_text(forget_items), batch, seq_len),
             retain=_pack(tokenizer, qa_text(retain_items), batch, seq_len),
-            mi_forget=[tokenize_qa(tokenizer, d["question"], d["answer"], seq_len) for d in forget_items[:mi_samples]],
-            mi_retain=[tokenize_qa(tokenizer, d["question"], d["answer"], seq_len) for d in retain_items[:mi_samples]],
+            mi_forget=[tokenize_qa(tokenizer, d["question"], d["answer"], mi_max_len) for d in forget_items[:mi_samples]],
+            mi_retain=[tokenize_qa(tokenizer, d["question"], d["answer"], mi_max_len) for d in retain_items[:mi_samples]],
             pad_token_id=pad,
             info={"source": "tofu", "forget": str(forget_file), "retain": str(retain_file)},
         )
@@ -232,12 +234,12 @@ def load_data(tokenizer: Any, vocab: int, batch: int, seq_len: int, mi_samples: 
         return BenchData(
             forget=_pack(tokenizer, iter(lines[:half]), batch, seq_len),
             retain=_pack(tokenizer, iter(lines[half:]), batch, seq_len),
-            mi_forget=[tokenize_text(tokenizer, ln, seq_len) for ln in lines[:mi_samples]],
-            mi_retain=[tokenize_text(tokenizer, ln, seq_len) for ln in lines[half : half + mi_samples]],
+            mi_forget=[tokenize_text(tokenizer, ln, mi_max_len) for ln in lines[:mi_samples]],
+            mi_retain=[tokenize_text(tokenizer, ln, mi_max_len) for ln in lines[half : half + mi_samples]],
             pad_token_id=pad,
             info={"source": "wikitext2", "file": str(WIKITEXT_FILE)},
         )
-    mi_len = min(seq_len, 64)
+    mi_len = min(mi_max_len, 64)
     return BenchData(
         forget=_random_batch(batch, seq_len, vocab, generator),
         retain=_random_batch(batch, seq_len, vocab, generator),

@@ -599,6 +599,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument("--mi-samples", type=int, default=200, help="forget and retain samples each for MI")
     parser.add_argument("--mi-batch", type=int, default=16, help="MI capture and forward batch size")
+    parser.add_argument("--mi-max-len", type=int, default=256, help="MI samples are truncated to this many tokens")
     parser.add_argument("--mi-repeats", type=int, default=1, help="interleaved MI/forward rounds")
     parser.add_argument("--memory", action="store_true", help="child mode: peak memory of the single --only variant")
     parser.add_argument("--memory-out", default=None, help="child mode: write its JSON here")
@@ -614,7 +615,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.memory and len(only) != 1:
         parser.error("--memory needs exactly one --only variant")
     args.only = only
-    for name in ("repeats", "seq_len", "batch", "mi_batch", "mi_repeats", "memory_steps", "memory_jobs"):
+    for name in ("repeats", "seq_len", "batch", "mi_batch", "mi_max_len", "mi_repeats", "memory_steps", "memory_jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
@@ -645,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loaded = load_model(args.model, args.layers, args.hidden, _dtype(args.dtype), args.device, args.seed)
     layer = _layer(args.layer, loaded.info["layers"])
     data = load_data(loaded.tokenizer, loaded.info["vocab"], args.batch, args.seq_len,
-                     0 if args.skip_mi else args.mi_samples, args.seed)
+                     0 if args.skip_mi else args.mi_samples, args.seed, args.mi_max_len)
     logger.info("model %s, data %s, l* = %d", loaded.info, data.info, layer)
     results: dict[str, Any] = {
         "schema": SCHEMA,

@@ -24,7 +24,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     """
     mask = attention_mask.to(hidden.device).bool()
     if not bool(mask.any(dim=1).all()):
-        raise ValueError("a sequence in the batch is all padding (attention_mask is all 0)")
+        raise ValueError("a sequence in the batch has no position to pool: it is all padding, or (with labels) has no answer tokens")
     if pooling == "last":
         positions = torch.arange(mask.shape[1], device=hidden.device).expand_as(mask)
         last = torch.where(mask, positions, -1).max(dim=1).values

@@ -23,7 +23,9 @@ Usage: build_data.py SRC_DIR OUT_DIR [N_PER_AUTHOR N_RA N_WF [K_FORGET N_RET_AUT
   to the same size); N_RET_AUTHORS (8) / K_RETAIN (20): retained authors and their training QA.
   The defaults give the full subset above; smaller values are the CPU "micro" scale of tofu_quality.sh.
 """
-import json, os, sys
+import json
+import os
+import sys
 
 src, out = sys.argv[1], sys.argv[2]
 n_per_author = int(sys.argv[3]) if len(sys.argv) > 3 else 20
@@ -36,7 +38,7 @@ k_retain = int(sys.argv[8]) if len(sys.argv) > 8 else 20
 
 def read(name):
     with open(os.path.join(src, name + ".json")) as f:
-        return [json.loads(l) for l in f if l.strip()]
+        return [json.loads(line) for line in f if line.strip()]
 
 
 f05, f05p, f01, f01p = read("forget05"), read("forget05_perturbed"), read("forget01"), read("forget01_perturbed")

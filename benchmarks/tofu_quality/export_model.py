@@ -2,14 +2,18 @@
 transformers 4.45.1 (the host's pin). Run with transformers >= 4.57 (4.45.1 de-quantises GGUF wrongly,
 see the model's PROVENANCE.md). The chat template is copied into tokenizer_config.json because 4.45.1
 does not read chat_template.jinja. Writes atomically (tmp dir + rename)."""
-import json, os, shutil, sys
+import json
+import os
+import shutil
+import sys
 
 import torch
 from transformers import AutoModelForCausalLM
 
 src, dst = sys.argv[1], sys.argv[2]
 if os.path.exists(os.path.join(dst, "config.json")):
-    print(f"exists: {dst}"); sys.exit(0)
+    print(f"exists: {dst}")
+    sys.exit(0)
 tmp = dst + ".tmp"
 shutil.rmtree(tmp, ignore_errors=True)
 gguf = [f for f in os.listdir(src) if f.endswith(".gguf")][0]
@@ -23,11 +27,14 @@ model.save_pretrained(tmp)
 # a 5.x save_pretrained would write TokenizersBackend, unknown to 4.45.1)
 for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
     shutil.copy(os.path.join(src, f), os.path.join(tmp, f))
-template = open(os.path.join(src, "chat_template.jinja")).read()
+with open(os.path.join(src, "chat_template.jinja")) as handle:
+    template = handle.read()
 p = os.path.join(tmp, "tokenizer_config.json")
-cfg = json.load(open(p))
+with open(p) as handle:
+    cfg = json.load(handle)
 cfg["chat_template"] = template   # 4.45.1 reads the template only from here
 cfg["model_input_names"] = ["input_ids", "attention_mask"]
-json.dump(cfg, open(p, "w"), indent=2)
+with open(p, "w") as handle:
+    json.dump(cfg, handle, indent=2)
 os.rename(tmp, dst)
 print(f"wrote {dst}")

@@ -11,7 +11,10 @@ assistant.", eos appended); probability = exp(-mean token NLL over answer tokens
 `probability` metric; ROUGE = rougeL recall (rouge_score, stemmer) of a greedy generation, as in the
 host's `rouge` metric (generation cut at eos). Writes OUT atomically.
 """
-import argparse, json, os, time
+import argparse
+import json
+import os
+import time
 
 import torch
 from rouge_score import rouge_scorer
@@ -22,7 +25,7 @@ SYSTEM = "You are a helpful assistant."
 
 def rows(tofu, name):
     with open(os.path.join(tofu, name + ".json")) as f:
-        return [json.loads(l) for l in f if l.strip()]
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def encode(tok, q, a):
@@ -67,7 +70,7 @@ def measure(model, tok, data, max_new_tokens):
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     gens = tok.batch_decode(out[:, P:], skip_special_tokens=True)
     sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [sc.score(r["answer"], g)["rougeL"].recall for r, g in zip(data, gens)]
+    rouge = [sc.score(r["answer"], g)["rougeL"].recall for r, g in zip(data, gens, strict=True)]
     return {"prob": sum(probs) / len(probs), "rougeL_recall": sum(rouge) / len(rouge),
             "probs": probs, "rouge": rouge, "generations": gens[:5]}
 
@@ -111,7 +114,8 @@ def main():
     for _ in range(a.steps):
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         loss.backward()
-        opt.step(); opt.zero_grad()
+        opt.step()
+        opt.zero_grad()
         losses.append(loss.item())
     after = measure(model, tok, test, a.max_new_tokens)
     write({"model": a.model, "steps": a.steps, "lr": a.lr, "train_rows": len(train), "test_rows": len(test),

@@ -8,7 +8,16 @@ We keep the runs with model_utility >= 0.95 x target's and take the highest forg
 of a method keeps that utility, its highest-forget_quality run is shown and flagged.
 Usage: report.py WORK OUT
 """
-import csv, io, json, math, os, sys
+import csv
+import glob
+import io
+import json
+import math
+import os
+import sys
+
+import matplotlib
+import matplotlib.pyplot as plt
 
 work, out = sys.argv[1], sys.argv[2]
 KEYS = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE"]
@@ -33,7 +42,7 @@ refs = {k: load(os.path.join(work, "evals", k, "TOFU_SUMMARY.json")) for k in ("
 probes = {k: load(os.path.join(work, "evals", f"probe_{k}.json")) for k in ("base", "target")}
 runs = []
 udir = os.path.join(work, "unlearn")
-import glob
+
 for d in sorted(glob.glob(os.path.join(udir, "*"))):
     name = os.path.basename(d)
     done = os.path.exists(os.path.join(d, "DONE"))
@@ -99,7 +108,7 @@ md += ["", "## Best run per method", "",
        "Selection: highest forget_quality among the lr sweep's runs with model_utility >= 0.95 x target's "
        "(flag `!` = no run kept that utility; its highest-forget_quality run is shown).", "",
        "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-for m, r in sorted(best.items(), key=lambda kv: -(kv[1]["forget_quality"] or 0)):
+for _method, r in sorted(best.items(), key=lambda kv: -(kv[1]["forget_quality"] or 0)):
     row = [f(r.get(c)) if c != "pareto" else ("yes" if r[c] else "no") for c in cols]
     if not r["keeps_utility"]:
         row[0] += " !"
@@ -124,9 +133,7 @@ atomic(os.path.join(out, "tofu_leaderboard.json"), json.dumps({"references": ref
     k: (p and {"prob": p["forget01"]["prob"], "rougeL_recall": p["forget01"]["rougeL_recall"]}) for k, p in probes.items()},
     "runs": runs}, indent=1))
 
-import matplotlib
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(6.5, 4.5))
 colors = {}

@@ -1,1 +1,4 @@
-"""Benchmarks for falcon-unlearning (issue 5); run ``python benchmarks/step.py --help``."""
+"""Benchmarks for falcon-unlearning (step time, memory, MI estimators).
+
+Start with ``python benchmarks/step.py --help``.
+"""

@@ -1,9 +1,9 @@
-"""Evidence for benchmarks/proposals/mi-single-thread-blas.diff: MI scoring time vs BLAS threads.
+"""Evidence for the single-thread BLAS limit in ``score_layers``: MI scoring time vs BLAS threads.
 
 Captures the pooled activations of every layer once (``capture_layer_activations``, as
 ``run_mi_selection`` does), then times ``falcon_plugin.mi.score_layers`` on them with the BLAS
 thread pool as the process has it (the library default) and limited to one thread
-(``threadpoolctl.threadpool_limits(1, "blas")``, what the proposal does inside ``score_layers``),
+(``threadpoolctl.threadpool_limits(1, "blas")``, what ``score_layers`` does),
 interleaved, and checks that both give the same scores::
 
     python benchmarks/mi_blas_threads.py --threads 1 [--repeats 2] [--mi-samples 200] [--model random]
@@ -27,7 +27,9 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from benchmarks.common import environment, load_data, load_model, markdown_table  # noqa: E402
+from benchmarks.datasets import load_data  # noqa: E402
+from benchmarks.models import load_model  # noqa: E402
+from benchmarks.reporting import environment, text_table  # noqa: E402
 
 logger = logging.getLogger("benchmarks.mi_blas_threads")
 
@@ -41,11 +43,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from falcon_plugin.data import pad_examples
     from falcon_plugin.mi import score_layers
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="auto")
     parser.add_argument("--mi-samples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (BLAS threads are the variable)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (BLAS threads are the variable)"
+    )
     parser.add_argument("--out", default=None, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -78,15 +84,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             scores[label] = [s.score for s in result]
             logger.info("round %d %s: %.2f s", index, label, times[label][-1])
     same = all(abs(a - b) <= 1e-6 * max(1.0, abs(a)) for a, b in zip(*scores.values(), strict=True))
-    rows = [[label, f"{statistics.median(ts):.2f}", ", ".join(f"{t:.2f}" for t in ts)] for label, ts in times.items()]
-    print(markdown_table(["score_layers over all layers", "median (s)", "rounds (s)"], rows))
+    rows = [
+        [label, f"{statistics.median(ts):.2f}", ", ".join(f"{t:.2f}" for t in ts)]
+        for label, ts in times.items()
+    ]
+    print(text_table(["score_layers over all layers", "median (s)", "rounds (s)"], rows))
     print(f"\nBLAS pools: {blas}; same scores: {same}; loadavg: {environment()['loadavg']}")
-    result = {"command": " ".join(["python", "benchmarks/mi_blas_threads.py", *(sys.argv[1:] if argv is None else argv)]),
-              "model": loaded.info, "data": data.info, "samples": args.mi_samples, "layers": int(forget.shape[0]),
-              "times_s": times, "medians_s": {k: statistics.median(v) for k, v in times.items()},
-              "same_scores": same, "blas_pools": blas, "environment": environment()}
+    result = {
+        "command": " ".join(
+            ["python", "benchmarks/mi_blas_threads.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "model": loaded.info,
+        "data": data.info,
+        "samples": args.mi_samples,
+        "layers": int(forget.shape[0]),
+        "times_s": times,
+        "medians_s": {k: statistics.median(v) for k, v in times.items()},
+        "same_scores": same,
+        "blas_pools": blas,
+        "environment": environment(),
+    }
     if args.out:
-        from falcon_plugin.io import atomic_write_json
+        from falcon_plugin.atomic import atomic_write_json
 
         atomic_write_json(args.out, result)
     return result

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from falcon_plugin.mi import entropy_gaussian, entropy_kde
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.reporting import text_table  # noqa: E402
+from falcon_plugin.mi import entropy_gaussian, entropy_kde  # noqa: E402
 
 
 def _mi(x: np.ndarray, y: np.ndarray, estimate) -> float:
@@ -29,8 +35,7 @@ def main() -> None:
         "kde (leave-one-out, default)": entropy_kde,
         "kde (resubstitution, official)": lambda x: entropy_kde(x, leave_one_out=False),
     }
-    print(f"| dim per side | rho | true MI | {' | '.join(estimators)} |")
-    print("|---|---|---|" + "---|" * len(estimators))
+    rows = []
     for dim, rho in [(1, 0.0), (1, 0.8), (2, 0.0), (2, 0.6), (4, 0.0), (4, 0.5), (8, 0.5)]:
         truth = -0.5 * dim * math.log(1 - rho**2)
         cells = []
@@ -42,7 +47,8 @@ def main() -> None:
                 y = rho * x + math.sqrt(1 - rho**2) * rng.standard_normal((args.samples, dim))
                 values.append(_mi(x, y, estimate))
             cells.append(f"{np.mean(values):+.3f} ± {np.std(values):.3f}")
-        print(f"| {dim} | {rho} | {truth:.3f} | {' | '.join(cells)} |")
+        rows.append([str(dim), str(rho), f"{truth:.3f}", *cells])
+    print(text_table(["dim per side", "rho", "true MI", *estimators], rows))
 
 
 if __name__ == "__main__":

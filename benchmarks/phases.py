@@ -26,8 +26,10 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from benchmarks.common import load_data, load_model, markdown_table  # noqa: E402
-from benchmarks.step import FloorStep, OursStep  # noqa: E402
+from benchmarks.datasets import load_data  # noqa: E402
+from benchmarks.models import load_model  # noqa: E402
+from benchmarks.reporting import text_table  # noqa: E402
+from benchmarks.step_variants import FloorStep, OursStep  # noqa: E402
 
 logger = logging.getLogger("benchmarks.phases")
 PHASES: dict[str, list[float]] = defaultdict(list)
@@ -50,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Time the phases of one ``ours`` step against the floor; print a markdown table."""
     import falcon_plugin.trainer as trainer_module
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="auto")
     parser.add_argument("--layer", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=5)
@@ -66,10 +70,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = torch.device("cpu")
     ours = OursStep(copy.deepcopy(loaded.model), data, args.layer, device)
     floor = FloorStep(loaded.model, data, args.layer, device)
-    for name, label in (("frozen_prefix_pass", "1 frozen prefix pass 0..l* (x2)"),
-                        ("run_layers", "2 grad pass first..l* (x2)"),
-                        ("info_nce_forget_loss", "3 losses"), ("cosine_retain_loss", "3 losses"),
-                        ("resolve_gradient_conflict", "5 projection"), ("token_mask", "3 losses")):
+    for name, label in (
+        ("frozen_prefix_pass", "1 frozen prefix pass 0..l* (x2)"),
+        ("run_layers", "2 grad pass first..l* (x2)"),
+        ("info_nce_forget_loss", "3 losses"),
+        ("cosine_retain_loss", "3 losses"),
+        ("resolve_gradient_conflict", "5 projection"),
+        ("token_mask", "3 losses"),
+    ):
         _wrap(trainer_module, name, label)
     _wrap(torch.autograd, "grad", "4 autograd.grad g_F, g_R")
     rounds: dict[str, list[float]] = defaultdict(list)
@@ -98,8 +106,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rounds[key].append(value)
         logger.info("round %d: ours %.3f s, floor %.3f s", index, end - start, floor_s)
     floor_median = statistics.median(rounds["floor (2 no-grad forwards 0..l*)"])
-    rows = [[k, f"{statistics.median(v):.3f}", f"{statistics.median(v) / floor_median:.2f}"] for k, v in sorted(rounds.items())]
-    print(markdown_table(["phase", "median (s)", "/ floor"], rows))
+    rows = [
+        [k, f"{statistics.median(v):.3f}", f"{statistics.median(v) / floor_median:.2f}"]
+        for k, v in sorted(rounds.items())
+    ]
+    print(text_table(["phase", "median (s)", "/ floor"], rows))
     return {k: statistics.median(v) for k, v in rounds.items()}
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Unlearning quality on real data (issue 7): FALCON vs open-unlearning's baselines on a TOFU subset
+# Unlearning quality on real data: FALCON vs open-unlearning's baselines on a TOFU subset
 # with a real pretrained LM (SmolLM2-135M-Instruct), on CPU.
 #
 #   HOST=/path/to/open-unlearning SHARED=/work/shared WORK=/path/to/scratch \
@@ -29,7 +29,7 @@ NICE="nice -n 10"
 HOST=$(cd "$HOST" && pwd); mkdir -p "$WORK"; WORK=$(cd "$WORK" && pwd)
 M=$WORK/models
 # ---- knobs ---------------------------------------------------------------------------------------
-# SCALE=full (default): the issue's protocol (target = 10 authors / 200 QA, forget01 = 40 QA, retain
+# SCALE=full (default): the full protocol (target = 10 authors / 200 QA, forget01 = 40 QA, retain
 # = 8 authors / 160 QA). SCALE=micro / smoke: reduced sizes for a 2-core CPU shared by 5 jobs (see
 # docs/results/README.md); smoke only proves that every stage runs, its numbers are not quality evidence.
 SCALE=${SCALE:-full}

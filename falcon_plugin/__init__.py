@@ -15,10 +15,15 @@ _LAZY = {
     "FALCON": "falcon_plugin.trainer",
     "FalconMixin": "falcon_plugin.trainer",
     "falcon_trainer_class": "falcon_plugin.trainer",
+    "FalconState": "falcon_plugin.state",
     "FalconConfig": "falcon_plugin.config",
     "MIConfig": "falcon_plugin.config",
-    "FalconConfigError": "falcon_plugin.config",
-    "FalconDataError": "falcon_plugin.config",
+    "FalconError": "falcon_plugin.errors",
+    "FalconConfigError": "falcon_plugin.errors",
+    "FalconDataError": "falcon_plugin.errors",
+    "ModelStructureError": "falcon_plugin.errors",
+    "EmptyMaskError": "falcon_plugin.errors",
+    "NonFiniteLossError": "falcon_plugin.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -24,15 +24,52 @@ from typing import Any
 import torch
 from torch import nn
 
-_LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+from .distributed import is_zero3
+from .errors import ModelStructureError
+
+_LAYER_PATHS = (
+    "model.layers",
+    "model.model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+)
 
 
-class ModelStructureError(ValueError):
-    """The model is not a decoder-only LM whose layers FALCON can find."""
+def base_model(model: nn.Module) -> nn.Module:
+    """The model inside its wrappers (DDP, DeepSpeed engine, ...: anything with a ``.module``)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def check_decoder_only(model: nn.Module) -> None:
+    """A Hugging Face model must be a decoder-only LM (encoder(-decoder)s have no causal activations)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelStructureError(
+            f"FALCON: invalid model {type(model).__name__}: it is an encoder-decoder model "
+            "(config.is_encoder_decoder=True); FALCON needs a decoder-only causal LM"
+        )
+    import transformers
+
+    if isinstance(model, transformers.PreTrainedModel) and not model.can_generate():
+        raise ModelStructureError(
+            f"FALCON: invalid model {type(model).__name__}: it is not a causal LM (can_generate() is False); "
+            "FALCON needs a decoder-only causal LM such as AutoModelForCausalLM loads"
+        )
+
+
+def vocab_size(model: nn.Module) -> int | None:
+    """Rows of the input embedding (what token ids may index), if the model exposes it."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    size = getattr(embedding, "num_embeddings", None)
+    return int(size) if isinstance(size, int) else None
 
 
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """Return (dotted name, ModuleList) of the model's decoder layers (Llama, Mistral, Qwen, GPT-2, NeoX, OPT)."""
+    """(dotted name, ModuleList) of the model's decoder layers (Llama, Mistral, Qwen, GPT-2, NeoX, OPT)."""
     for path in _LAYER_PATHS:
         module: Any = model
         for part in path.split("."):
@@ -45,7 +82,8 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     if candidates:
         return max(candidates, key=lambda item: len(item[1]))
     raise ModelStructureError(
-        f"cannot find decoder layers in {type(model).__name__}: expected a ModuleList at one of {', '.join(_LAYER_PATHS)}"
+        f"cannot find decoder layers in {type(model).__name__}: "
+        f"expected a ModuleList at one of {', '.join(_LAYER_PATHS)}"
     )
 
 
@@ -125,7 +163,10 @@ def frozen_prefix_pass(
         captured["frozen_out"] = layer_output(output)
         raise _StopForward
 
-    handles = [layers[i].register_forward_pre_hook(record_call(i), with_kwargs=True) for i in range(first, target + 1)]
+    handles = [
+        layers[i].register_forward_pre_hook(record_call(i), with_kwargs=True)
+        for i in range(first, target + 1)
+    ]
     handles.append(layers[target].register_forward_hook(record_out))
     was_training = model.training
     model.eval()
@@ -135,7 +176,9 @@ def frozen_prefix_pass(
                 with swapped_inside_owner_calls(model, frozen_params):
                     model(**inputs, use_cache=False)
             else:
-                torch.func.functional_call(model, dict(frozen_params), args=(), kwargs={**inputs, "use_cache": False}, strict=False)
+                torch.func.functional_call(
+                    model, dict(frozen_params), args=(), kwargs={**inputs, "use_cache": False}, strict=False
+                )
     finally:
         model.train(was_training)
     if "frozen_out" not in captured:
@@ -146,7 +189,7 @@ def frozen_prefix_pass(
 def is_zero3_partitioned(model: nn.Module, names: Iterable[str]) -> bool:
     """Whether any named parameter is a DeepSpeed ZeRO-3 parameter (partitioned across processes)."""
     params = dict(model.named_parameters())
-    return any(hasattr(params.get(name), "ds_id") for name in names)
+    return is_zero3([params[name] for name in names if name in params])
 
 
 @contextlib.contextmanager
@@ -198,3 +241,20 @@ def run_layers(layers: nn.ModuleList, first: int, record: LayerCalls) -> torch.T
     for offset, (args, kwargs) in enumerate(record.calls):
         hidden = layer_output(layers[first + offset](hidden, *args, **kwargs))
     return hidden
+
+
+__all__ = [
+    "LayerCalls",
+    "ModelStructureError",
+    "base_model",
+    "check_decoder_only",
+    "find_decoder_layers",
+    "forward_until",
+    "frozen_prefix_pass",
+    "is_zero3_partitioned",
+    "layer_index_of",
+    "layer_output",
+    "run_layers",
+    "swapped_inside_owner_calls",
+    "vocab_size",
+]

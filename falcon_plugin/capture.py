@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .activations import _hooks, find_decoder_layers, forward_until, layer_output
-from .losses import token_mask
+from .data import MODEL_INPUT_KEYS
+from .masks import token_mask
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -24,7 +25,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     """
     mask = attention_mask.to(hidden.device).bool()
     if not bool(mask.any(dim=1).all()):
-        raise ValueError("a sequence in the batch has no position to pool: it is all padding, or (with labels) has no answer tokens")
+        raise ValueError(
+            "a sequence in the batch has no position to pool: "
+            "it is all padding, or (with labels) has no answer tokens"
+        )
     if pooling == "last":
         positions = torch.arange(mask.shape[1], device=hidden.device).expand_as(mask)
         last = torch.where(mask, positions, -1).max(dim=1).values
@@ -43,7 +47,7 @@ def capture_layer_activations(
     progress: bool = False,
     description: str = "capturing activations",
 ) -> torch.Tensor:
-    """Pooled outputs of all decoder layers for every sample: a float32 CPU tensor (layers, samples, hidden)."""
+    """Pooled outputs of all decoder layers for every sample: float32 CPU tensor (layers, samples, hidden)."""
     _, layers = find_decoder_layers(model)
     device = next(model.parameters()).device
     per_layer: list[list[torch.Tensor]] = [[] for _ in layers]
@@ -66,7 +70,7 @@ def capture_layer_activations(
     try:
         with _hooks([layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]):
             for batch in iterator:
-                inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+                inputs = {k: batch[k].to(device) for k in MODEL_INPUT_KEYS}
                 # with labels, pool over the positions that carry the answer (the official code pools
                 # the last token of "Question: ... Answer: ..." text: the last answer word, not EOS)
                 mask_holder["mask"] = token_mask(batch.get("labels"), batch["attention_mask"]).to(device)

@@ -1,8 +1,14 @@
-"""The ``method_args`` contract of the FALCON trainer, with validation.
+"""The ``method_args`` contract of the FALCON trainer: names, defaults, documentation and validation.
 
 Every value a user can set is checked here, before any forward pass, and a bad value raises
-:class:`FalconConfigError` naming the parameter, the bad value and what would be valid. Checks that
-need the model (layer range, regex matches) live in :func:`validate_against_model`.
+:class:`~falcon_plugin.errors.FalconConfigError` naming the parameter, the bad value and what would
+be valid. Checks that need the model (layer range, regex matches) live in
+:func:`falcon_plugin.validation.validate_against_model`.
+
+This module is the one home of each user-facing option: the ``help`` metadata of each dataclass
+field is its documentation (the README's ``method_args`` table and ``configs/trainer/FALCON.yaml``
+are checked against it by ``tests/test_method_args.py``), and :meth:`FalconConfig.from_method_args`
+is the one rule for unknown names, in standalone and host use alike.
 
 Defaults follow the paper (arXiv 2502.01472) and its official code (github CharlesJW222/FALCON):
 temperature 0.7, steering coefficient 20, retain weight (alpha) 100, conflict weights (0.8, 1.2),
@@ -12,28 +18,49 @@ MI on 200 samples with PCA keeping 95% of the variance and a Gaussian KDE.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from .errors import FalconConfigError, FalconDataError
+
+logger = logging.getLogger(__name__)
 
 PROJECTIONS = ("per_tensor", "global", "none")
 ESTIMATORS = ("kde", "gaussian", "kde_resubstitution")
 POOLINGS = ("last", "mean")
-DEFAULT_TRAINABLE_TEMPLATE = r"model\.layers\.({layers})\.mlp\.down_proj\.weight"
 MIN_MI_SAMPLES = 8
+"""Fewest samples per set Step 1 accepts (PCA keeps at most n/2 components; a KDE needs a few samples
+per dimension). ``MIConfig.samples`` is checked against it, :func:`check_mi_sample_count` checks the
+samples actually available."""
+DEFAULT_TRAINABLE_BELOW = 2
+"""The default trainable tensors span layers l*-2..l* (the official code's choice)."""
 
 
-class FalconConfigError(ValueError):
-    """A FALCON ``method_args`` value is invalid; the message names the parameter and the value."""
+def default_trainable_layers(layer: int) -> range:
+    """Decoder layers whose tensors FALCON trains by default: l*-2..l*, clamped at layer 0."""
+    return range(max(0, layer - DEFAULT_TRAINABLE_BELOW), layer + 1)
 
 
-class FalconDataError(ValueError):
-    """The train data cannot be used (empty, all padding, no answer tokens, token ids the model lacks).
+def default_trainable_regex(layer: int, layers_path: str = "model.layers") -> tuple[str, ...]:
+    """The official choice of trainable tensors: the MLP down-projections of layers l*-2..l*.
 
-    The message names the item and field (e.g. ``train_dataset[3]['forget'].input_ids``) and the bad value.
+    ``layers_path`` is the dotted name of the model's decoder layers (``model.layers`` for Llama,
+    Mistral, Qwen; what :func:`falcon_plugin.activations.find_decoder_layers` returns).
     """
+    layers = "|".join(str(i) for i in default_trainable_layers(layer))
+    return (rf"{re.escape(layers_path)}\.({layers})\.mlp\.down_proj\.weight",)
+
+
+def check_mi_sample_count(count: int, what: str) -> None:
+    """Raise :class:`FalconConfigError` when ``what`` (a sample set for Step 1) has < MIN_MI_SAMPLES items."""
+    if count < MIN_MI_SAMPLES:
+        raise FalconConfigError(
+            f"FALCON: {what} has {count} samples; MI layer selection (Step 1) needs >= {MIN_MI_SAMPLES}"
+        )
 
 
 def _bad(name: str, value: Any, expected: str) -> FalconConfigError:
@@ -75,24 +102,35 @@ def _weight_pair(name: str, value: Any) -> tuple[float, float]:
     return first, second
 
 
+def _option(default: Any = None, help: str = "", *, factory: Any = None, choices: Sequence[str] = ()) -> Any:
+    """A dataclass field that carries its documentation (``help``) and, for a choice, its ``choices``."""
+    metadata = {"help": help, "choices": tuple(choices)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class MIConfig:
-    """Step 1 settings: how activations are sampled and how I(F;R) is estimated per layer."""
+    """Step 1 settings: how activations are sampled and how I(F;R) is estimated per layer (paper Eq. 2-4)."""
 
-    samples: int = 200
-    """Forget and retain samples each (per forget domain) drawn from the train dataset."""
-    pca_variance: float = 0.95
-    """Fraction of the variance PCA keeps before the entropy estimate, in (0, 1]."""
-    estimator: str = "kde"
-    """``kde`` (Gaussian KDE as the paper, leave-one-out densities), ``kde_resubstitution`` (the
-    official code's exact estimator, biased upward in I(F;R); docs/mi.md) or ``gaussian`` (closed
-    form 0.5 log det(2 pi e Sigma))."""
-    eta: float = 1.0
-    """Weight of the pairwise forget-domain term sum_{i<j} I(F_i;F_j) in the multi-domain score."""
-    pooling: str = "last"
-    """Token pooling of a sample's activation: ``last`` non-pad token (official code) or ``mean``."""
-    batch_size: int = 16
-    """Samples per forward pass while capturing activations."""
+    samples: int = _option(
+        200, "forget and retain samples drawn (seeded by `args.seed`) from the train dataset"
+    )
+    pca_variance: float = _option(0.95, "variance fraction PCA keeps, in (0, 1]")
+    estimator: str = _option(
+        "kde",
+        "`kde` (leave-one-out), `kde_resubstitution` (the official code's), `gaussian` — "
+        "see [docs/mi.md](docs/mi.md)",
+        choices=ESTIMATORS,
+    )
+    eta: float = _option(1.0, "weight of the pairwise forget-domain term")
+    pooling: str = _option(
+        "last",
+        "`last` answer position (the last non-pad token without labels; official) or `mean` over them",
+        choices=POOLINGS,
+    )
+    batch_size: int = _option(16, "samples per forward pass while capturing")
 
     def __post_init__(self) -> None:
         _integer("mi.samples", self.samples, MIN_MI_SAMPLES)
@@ -111,41 +149,53 @@ class MIConfig:
             return cls()
         if isinstance(value, MIConfig):
             return value
+        known = [f.name for f in fields(cls)]
         if not isinstance(value, Mapping):
-            raise _bad("mi", value, f"a mapping with keys {', '.join(cls.__dataclass_fields__)}")
-        unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+            raise _bad("mi", value, f"a mapping with keys {', '.join(known)}")
+        unknown = sorted(set(value) - set(known))
         if unknown:
-            raise _bad("mi", dict(value), f"only the keys {', '.join(cls.__dataclass_fields__)} (unknown: {unknown})")
+            raise _bad("mi", dict(value), f"only the keys {', '.join(known)} (unknown: {unknown})")
         return cls(**dict(value))
 
 
 @dataclass(frozen=True)
 class FalconConfig:
-    """FALCON's ``method_args`` (the names are public API: configs and users set them)."""
+    """FALCON's ``method_args`` (the names are public API: configs and users set them).
 
-    layer: int | str = "auto"
-    """Unlearning layer l*: an index into the decoder layers, or ``auto`` for MI-guided selection (Step 1)."""
-    trainable_params_regex: tuple[str, ...] | None = None
-    """Regexes (``re.fullmatch`` on parameter names); None: MLP down-projections of layers l*-2..l*."""
-    temperature: float = 0.7
-    """InfoNCE temperature tau (Eq. for L_F)."""
-    steering_coeff: float = 20.0
-    """Scale of the principal offset vector used as the InfoNCE positive."""
-    pov_rank: int = 8
-    """K: number of principal directions v_1..v_K of the frozen forget activations."""
-    pov_weight: float = 1.0
-    """w in H+ = f(r (I - w sum v_i v_i^T), eps); 1 removes the principal subspace from r."""
-    pov_noise: float = 0.01
-    """eps: standard deviation of the noise added before the nonlinearity f = tanh."""
-    retain_weight: float = 100.0
-    """Multiplier of the retain loss 1 - cos(updated, frozen) (alpha in the official code)."""
-    conflict_weights: tuple[float, float] = (0.8, 1.2)
-    """(alpha, beta) on (projected g_F, g_R) when cos(g_F, g_R) < 0."""
-    align_weights: tuple[float, float] = (0.1, 1.9)
-    """(alpha, beta) on (g_F, g_R) when cos(g_F, g_R) >= 0."""
-    projection: str = "per_tensor"
-    """``per_tensor`` (official code), ``global`` (one decision on the flattened gradient) or ``none``."""
-    mi: MIConfig = field(default_factory=MIConfig)
+    Paper notation: ``temperature`` is tau of the InfoNCE forget loss L_F (Eq. 6); ``pov_rank`` K,
+    ``pov_weight`` w and ``pov_noise`` eps define H+ = f(r (I - w sum_i v_i v_i^T), eps) (Sec. 3.2);
+    ``conflict_weights`` / ``align_weights`` are the (alpha, beta) of the gradient projection.
+    """
+
+    layer: int | str = _option(
+        "auto",
+        "unlearning layer l* (index into the decoder layers), or `auto` for Step 1 at train start "
+        "(writes `mi_report.json` + `mi_report.png` into the run's output dir)",
+    )
+    trainable_params_regex: tuple[str, ...] | None = _option(
+        None,
+        "list of regexes (`re.fullmatch` on parameter names); `null` = "
+        "`model.layers.(l*-2..l*).mlp.down_proj.weight`. Must match only tensors of decoder layers ≤ l*",
+    )
+    temperature: float = _option(0.7, "InfoNCE temperature τ (official code)")
+    steering_coeff: float = _option(
+        20.0,
+        "scale of the POV positive (official code; a cosine InfoNCE is scale-invariant, kept for parity)",
+    )
+    pov_rank: int = _option(8, "K, number of principal directions")
+    pov_weight: float = _option(1.0, "w; 1 removes r's component in the principal subspace")
+    pov_noise: float = _option(0.01, "ε, noise standard deviation before tanh (official code's 0.01)")
+    retain_weight: float = _option(100.0, "multiplier of the retain loss (official `alpha`)")
+    conflict_weights: tuple[float, float] = _option((0.8, 1.2), "(α, β) when cos(g_F, g_R) < 0 (official)")
+    align_weights: tuple[float, float] = _option((0.1, 1.9), "(α, β) otherwise (official)")
+    projection: str = _option(
+        "per_tensor",
+        "`per_tensor` (official), `global` (one decision on the flattened gradient) or `none` (g_F + g_R)",
+        choices=PROJECTIONS,
+    )
+    mi: MIConfig = _option(
+        help="Step 1 settings, used when `layer: auto` (the `mi.*` rows)", factory=MIConfig
+    )
 
     def __post_init__(self) -> None:
         layer = self.layer
@@ -162,7 +212,11 @@ class FalconConfig:
             if isinstance(regex, str):
                 regex = (regex,)
             if not isinstance(regex, Sequence) or len(regex) == 0:
-                raise _bad("trainable_params_regex", self.trainable_params_regex, "a non-empty list of regexes or null")
+                raise _bad(
+                    "trainable_params_regex",
+                    self.trainable_params_regex,
+                    "a non-empty list of regexes or null",
+                )
             for pattern in regex:
                 if not isinstance(pattern, str):
                     raise _bad("trainable_params_regex", pattern, "a regex string")
@@ -185,18 +239,32 @@ class FalconConfig:
 
     @classmethod
     def from_method_args(cls, **method_args: Any) -> FalconConfig:
-        """Build from host ``method_args``; unknown names are an error that lists the known ones."""
-        unknown = sorted(set(method_args) - set(cls.__dataclass_fields__))
-        if unknown:
+        """Build from ``method_args``: the one rule for their names, in standalone and host use.
+
+        Hydra containers (DictConfig / ListConfig) become plain values. A name FALCON does not know is
+        dropped when its value is null (logged): Hydra cannot delete a key an experiment inherits
+        (e.g. RMU's ``gamma`` in the host's WMDP experiment), only null it. Any other unknown name is a
+        :class:`FalconConfigError` naming it and listing the valid names.
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(method_args) - set(known))
+        nulled = [k for k in unknown if method_args[k] is None]
+        if nulled:
+            logger.info("FALCON: ignoring null method_args %s", nulled)
+        rejected = [k for k in unknown if k not in nulled]
+        if rejected:
             raise FalconConfigError(
-                f"FALCON method_args: unknown argument(s) {unknown}; known: {', '.join(cls.__dataclass_fields__)}"
+                f"FALCON method_args: unknown argument(s) {rejected}; known: {', '.join(known)} "
+                "(an experiment written for another method may set them: override them with null)"
             )
-        return cls(**{k: _plain(v) for k, v in method_args.items()})
+        return cls(**{k: _plain(v) for k, v in method_args.items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (for reports and checkpoints)."""
         out = asdict(self)
-        out["trainable_params_regex"] = list(self.trainable_params_regex) if self.trainable_params_regex else None
+        out["trainable_params_regex"] = (
+            list(self.trainable_params_regex) if self.trainable_params_regex else None
+        )
         out["conflict_weights"] = list(self.conflict_weights)
         out["align_weights"] = list(self.align_weights)
         return out
@@ -211,7 +279,46 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def default_trainable_regex(layer: int) -> tuple[str, ...]:
-    """The official choice: MLP down-projections of layers l*-2..l* (clamped at layer 0)."""
-    layers = "|".join(str(i) for i in range(max(0, layer - 2), layer + 1))
-    return (DEFAULT_TRAINABLE_TEMPLATE.format(layers=layers),)
+def split_method_args(
+    kwargs: Mapping[str, Any], trainer_parameters: Collection[str]
+) -> tuple[FalconConfig, dict[str, Any]]:
+    """Split a trainer constructor's keywords into FALCON's config and the Trainer's own keywords.
+
+    FALCON's field names come first; a name the trainer class accepts (``trainer_parameters``) goes
+    to the Trainer; every other name is an unknown method_arg for :meth:`FalconConfig.from_method_args`
+    (dropped if null, an error otherwise), so a typo fails here, before the Trainer is built.
+    """
+    known = {f.name for f in fields(FalconConfig)}
+    method_args = {k: v for k, v in kwargs.items() if k in known or k not in trainer_parameters}
+    trainer_kwargs = {k: v for k, v in kwargs.items() if k not in method_args}
+    return FalconConfig.from_method_args(**method_args), trainer_kwargs
+
+
+def method_args_docs() -> list[tuple[str, Any, str, tuple[str, ...]]]:
+    """(name, default, help, choices) of every method_arg, ``mi.*`` flattened, in declaration order."""
+    rows: list[tuple[str, Any, str, tuple[str, ...]]] = []
+    for option in fields(FalconConfig):
+        if option.name == "mi":
+            for sub in fields(MIConfig):
+                rows.append((f"mi.{sub.name}", sub.default, sub.metadata["help"], sub.metadata["choices"]))
+        else:
+            rows.append((option.name, option.default, option.metadata["help"], option.metadata["choices"]))
+    return rows
+
+
+__all__ = [
+    "DEFAULT_TRAINABLE_BELOW",
+    "ESTIMATORS",
+    "MIN_MI_SAMPLES",
+    "POOLINGS",
+    "PROJECTIONS",
+    "FalconConfig",
+    "FalconConfigError",
+    "FalconDataError",
+    "MIConfig",
+    "check_mi_sample_count",
+    "default_trainable_layers",
+    "default_trainable_regex",
+    "method_args_docs",
+    "split_method_args",
+]

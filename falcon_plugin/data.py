@@ -1,8 +1,9 @@
 """Forget/retain batches in the host's shape, for standalone use (demo, CLI, tests).
 
 Inside open-unlearning the host builds these itself; the shapes here match it: each item is
-``{"forget": {input_ids, attention_mask, labels}, "retain": {...}}`` with ``labels == -100`` on
-prompt and padding tokens, so the losses see exactly the answer tokens.
+``{"forget": {input_ids, attention_mask, labels}, "retain": {...}}`` with ``labels ==``
+:data:`~falcon_plugin.masks.IGNORE_INDEX` on prompt and padding tokens, so the losses see exactly the
+answer tokens.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from .masks import IGNORE_INDEX
+
 Example = dict[str, torch.Tensor]
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask")
+"""The batch fields FALCON hands the model (labels only choose the positions the losses see)."""
 
 
 def tokenize_qa(tokenizer: Any, question: str, answer: str, max_length: int = 256) -> Example:
@@ -52,7 +56,9 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
     index alone, which makes a resumed run bit-identical to an uninterrupted one.
     """
 
-    def __init__(self, forget: Sequence[Example], retain: Sequence[Example], seed: int = 0, redraw: bool = True) -> None:
+    def __init__(
+        self, forget: Sequence[Example], retain: Sequence[Example], seed: int = 0, redraw: bool = True
+    ) -> None:
         if len(forget) == 0:
             raise ValueError("ForgetRetainDataset: the forget set is empty")
         if len(retain) == 0:
@@ -71,8 +77,23 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
         return {"forget": self.forget[index], "retain": self.retain[partner]}
 
 
-def pad_examples(examples: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int, side: str = "right") -> Example:
-    """Pad ``input_ids``/``attention_mask``/``labels`` to the longest example (labels with -100)."""
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fields of a host batch (one of its ``forget`` / ``retain`` parts) the model is called with."""
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS token, else 0 (also for no tokenizer)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+def pad_examples(
+    examples: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int, side: str = "right"
+) -> Example:
+    """Pad ``input_ids``/``attention_mask``/``labels`` to the longest example (labels with IGNORE_INDEX)."""
     if side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
     length = max(int(e["input_ids"].shape[0]) for e in examples)
@@ -81,7 +102,11 @@ def pad_examples(examples: Sequence[Mapping[str, torch.Tensor]], pad_token_id: i
     for key, value in fill.items():
         rows = []
         for example in examples:
-            tensor = example[key] if key in example else example["input_ids"].new_full(example["input_ids"].shape, value)
+            tensor = (
+                example[key]
+                if key in example
+                else example["input_ids"].new_full(example["input_ids"].shape, value)
+            )
             pad = tensor.new_full((length - tensor.shape[0],), value)
             rows.append(torch.cat([tensor, pad]) if side == "right" else torch.cat([pad, tensor]))
         out[key] = torch.stack(rows)
@@ -100,3 +125,17 @@ class ForgetRetainCollator:
             part: pad_examples([item[part] for item in items], self.pad_token_id, self.padding_side)
             for part in ("forget", "retain")
         }
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MODEL_INPUT_KEYS",
+    "Example",
+    "ForgetRetainCollator",
+    "ForgetRetainDataset",
+    "model_inputs",
+    "pad_examples",
+    "pad_token_id",
+    "tokenize_qa",
+    "tokenize_text",
+]

@@ -17,7 +17,6 @@ when the host's ``trainer`` module is loaded, so the host needs no edit. Without
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 from collections.abc import Callable, MutableMapping
 from importlib.metadata import entry_points
@@ -28,60 +27,20 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "open_unlearning.trainers"
 HOST_BASE = ("unlearn.base", "UnlearnTrainer")
-# Keyword arguments open-unlearning's load_trainer passes besides the method_args.
-HOST_KWARGS = frozenset(
-    {"model", "train_dataset", "eval_dataset", "tokenizer", "data_collator", "args", "evaluators", "template_args"}
-)
 
 TrainerFactory = Callable[[type], type]
 
 
 def build_falcon_trainer(base: type) -> type:
-    """Entry point ``FALCON``: the FALCON trainer on top of the host's base trainer class.
+    """Entry point ``FALCON``: :func:`falcon_plugin.trainer.falcon_trainer_class` on the host's base trainer.
 
-    The class is ``falcon_plugin.trainer.falcon_trainer_class(base)`` plus one host rule: a
-    ``method_args`` key FALCON does not know (e.g. RMU's ``gamma`` inherited from the host's WMDP
-    experiment) is dropped when its value is null (Hydra cannot delete an inherited key, only null it)
-    and is an error otherwise.
+    Nothing host-specific is added: the rule for method_args FALCON does not know (e.g. RMU's
+    ``gamma`` inherited from the host's WMDP experiment: dropped when null, an error otherwise) is the
+    one the standalone trainer applies too (:meth:`falcon_plugin.config.FalconConfig.from_method_args`).
     """
-    from falcon_plugin.config import FalconConfig, FalconConfigError
     from falcon_plugin.trainer import falcon_trainer_class
 
-    core = falcon_trainer_class(base)
-    known = HOST_KWARGS | set(FalconConfig.__dataclass_fields__) | _init_parameters(base)
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        foreign = sorted(k for k in kwargs if k not in known)
-        nulled = [k for k in foreign if kwargs[k] is None]
-        for key in nulled:
-            del kwargs[key]
-        if nulled:
-            logger.info("FALCON: ignoring null method_args %s", nulled)
-        rejected = [k for k in foreign if k not in nulled]
-        if rejected:
-            raise FalconConfigError(
-                f"FALCON method_args: unknown argument(s) {rejected}; known: {', '.join(FalconConfig.__dataclass_fields__)} "
-                "(an experiment written for another method may set them: override them with null)"
-            )
-        core.__init__(self, *args, **kwargs)
-
-    return type("FALCON", (core,), {"__init__": __init__, "__module__": __name__, "__doc__": core.__doc__})
-
-
-def _init_parameters(cls: type) -> set[str]:
-    """Named keyword parameters of every ``__init__`` in ``cls``'s MRO (e.g. Trainer's ``callbacks``)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        try:
-            parameters = inspect.signature(init).parameters.values()
-        except (TypeError, ValueError):
-            continue
-        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    names.discard("self")
-    return names
+    return falcon_trainer_class(base)
 
 
 def host_base_class(host_trainer_module: ModuleType) -> type:
@@ -96,7 +55,9 @@ def host_base_class(host_trainer_module: ModuleType) -> type:
         pass
     from transformers import Trainer
 
-    logger.warning("falcon-unlearning: %s.%s not found; trainers are built on transformers.Trainer", name, attribute)
+    logger.warning(
+        "falcon-unlearning: %s.%s not found; trainers are built on transformers.Trainer", name, attribute
+    )
     return Trainer
 
 
@@ -111,11 +72,15 @@ def trainer_factories() -> dict[str, TrainerFactory]:
         try:
             factories[ep.name] = ep.load()
         except Exception:
-            logger.warning("falcon-unlearning: cannot load entry point %s = %s", ep.name, ep.value, exc_info=True)
+            logger.warning(
+                "falcon-unlearning: cannot load entry point %s = %s", ep.name, ep.value, exc_info=True
+            )
     return factories
 
 
-def register_trainers(registry: MutableMapping[str, Any], base: type, *, overwrite: bool = False) -> list[str]:
+def register_trainers(
+    registry: MutableMapping[str, Any], base: type, *, overwrite: bool = False
+) -> list[str]:
     """Build every entry-point trainer on ``base`` and add it to ``registry``; returns the names added.
 
     A name the registry already has (e.g. a host that ships its own trainer of that name) is kept
@@ -138,7 +103,7 @@ def register_trainers(registry: MutableMapping[str, Any], base: type, *, overwri
 
 
 def register_with_host(host_trainer_module: ModuleType, *, overwrite: bool = False) -> list[str]:
-    """Register the entry-point trainers into open-unlearning's ``trainer`` module; returns the names added."""
+    """Register the entry-point trainers into open-unlearning's ``trainer`` module; the names added."""
     registry = host_trainer_module.TRAINER_REGISTRY
     return register_trainers(registry, host_base_class(host_trainer_module), overwrite=overwrite)
 

@@ -9,31 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-
-
-class EmptyMaskError(ValueError):
-    """A batch has no token to compute a loss on (all padding, or no answer tokens)."""
-
-
-def token_mask(labels: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Positions a loss sees: those whose next-token prediction is a labelled (answer) token.
-
-    A causal LM's hidden state at position t predicts token t+1, and the host's ``labels`` mark the
-    answer tokens (``-100`` elsewhere), so the positions that carry the answer are the labelled ones
-    shifted one to the left: the last prompt token (which predicts the first answer token) through
-    the last-but-one answer token. Without labels, every attended position counts. Works on (T,) or
-    (B, T) tensors, for left or right padding.
-    """
-    attended = None if attention_mask is None else attention_mask.bool()
-    if labels is None:
-        if attended is None:
-            raise ValueError("token_mask needs labels or an attention_mask")
-        return attended
-    answer = labels != IGNORE_INDEX
-    mask = torch.zeros_like(answer)
-    mask[..., :-1] = answer[..., 1:]
-    return mask if attended is None else mask & attended
+from .errors import EmptyMaskError
+from .masks import IGNORE_INDEX, token_mask  # noqa: F401 (re-exported; home: falcon_plugin.masks)
 
 
 def _select(tensor: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:

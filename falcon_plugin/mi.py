@@ -7,7 +7,8 @@ vector per sample), FALCON scores (paper Eq. 2-4)
 
 where each entropy is estimated on a PCA reduction keeping ``pca_variance`` of the variance, with a
 Gaussian KDE (scipy ``gaussian_kde`` bandwidth, Scott's rule, as the official code; the density
-at each sample leaves that sample out, see :func:`entropy_kde`) or in closed form for a Gaussian, H = 1/2 log det(2 pi e Sigma).
+at each sample leaves that sample out, see :func:`entropy_kde`) or in closed form for a Gaussian,
+H = 1/2 log det(2 pi e Sigma).
 The joint sample pairs the i-th forget with the i-th retain activation. With several forget
 domains F_1..F_m the score is
 

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write, atomic_write_json
 from .capture import capture_layer_activations
-from .config import MIConfig
+from .config import MIConfig, check_mi_sample_count
 from .data import pad_examples
-from .io import atomic_write, atomic_write_json
 from .mi import LayerScore, score_layers, select_layer
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,13 @@ class MIReport:
             )
             for d in data["details"]
         ]
-        return cls(data["chosen_layer"], scores, dict(data["config"]), dict(data["samples"]), dict(data.get("timings_s", {})))
+        return cls(
+            data["chosen_layer"],
+            scores,
+            dict(data["config"]),
+            dict(data["samples"]),
+            dict(data.get("timings_s", {})),
+        )
 
     def save(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write ``mi_report.json`` and ``mi_report.png`` into ``out_dir`` (atomically)."""
@@ -80,11 +86,21 @@ class MIReport:
         fig, ax = plt.subplots(figsize=(8, 4))
         ax.plot(layers, values, marker="o", color="tab:purple")
         best = next(s for s in self.scores if s.layer == self.chosen_layer)
-        ax.scatter([best.layer], [best.score], marker="*", s=300, color="gold", edgecolors="black", zorder=3,
-                   label=f"l* = {best.layer}")
+        ax.scatter(
+            [best.layer],
+            [best.score],
+            marker="*",
+            s=300,
+            color="gold",
+            edgecolors="black",
+            zorder=3,
+            label=f"l* = {best.layer}",
+        )
         ax.set_xlabel("decoder layer")
         ax.set_ylabel("I(F;R) score (nats)")
-        ax.set_title(f"FALCON layer selection ({self.config.get('estimator')}, PCA {self.config.get('pca_variance')})")
+        ax.set_title(
+            f"FALCON layer selection ({self.config.get('estimator')}, PCA {self.config.get('pca_variance')})"
+        )
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -109,26 +125,33 @@ def run_mi_selection(
     """Capture pooled activations of every layer (one pass per batch) and pick l* = argmin score.
 
     ``forget_domains`` holds one list of tokenised examples per forget domain; ``retain`` the retain
-    examples. Each needs at least ``MIN_MI_SAMPLES`` examples.
+    examples. Each needs at least :data:`~falcon_plugin.config.MIN_MI_SAMPLES` examples.
     """
-    from .config import MIN_MI_SAMPLES
-
     for i, domain in enumerate(forget_domains):
-        if len(domain) < MIN_MI_SAMPLES:
-            raise ValueError(f"MI selection: forget domain {i} has {len(domain)} samples; need >= {MIN_MI_SAMPLES}")
-    if len(retain) < MIN_MI_SAMPLES:
-        raise ValueError(f"MI selection: retain set has {len(retain)} samples; need >= {MIN_MI_SAMPLES}")
+        check_mi_sample_count(len(domain), f"MI selection: forget domain {i}")
+    check_mi_sample_count(len(retain), "MI selection: the retain set")
     start = time.perf_counter()
     forget_acts = [
-        capture_layer_activations(model, _batches(d, config.batch_size, pad_token_id), config.pooling, progress,
-                                  f"activations forget[{i}]").numpy()
+        capture_layer_activations(
+            model,
+            _batches(d, config.batch_size, pad_token_id),
+            config.pooling,
+            progress,
+            f"activations forget[{i}]",
+        ).numpy()
         for i, d in enumerate(forget_domains)
     ]
     retain_acts = capture_layer_activations(
-        model, _batches(retain, config.batch_size, pad_token_id), config.pooling, progress, "activations retain"
+        model,
+        _batches(retain, config.batch_size, pad_token_id),
+        config.pooling,
+        progress,
+        "activations retain",
     ).numpy()
     captured = time.perf_counter()
-    scores = score_layers(forget_acts, retain_acts, config.estimator, config.pca_variance, config.eta, progress=progress)
+    scores = score_layers(
+        forget_acts, retain_acts, config.estimator, config.pca_variance, config.eta, progress=progress
+    )
     chosen = select_layer(scores)
     done = time.perf_counter()
     logger.info("FALCON MI scores per layer: %s", ", ".join(f"{s.layer}:{s.score:.3f}" for s in scores))
@@ -142,6 +165,6 @@ def run_mi_selection(
             "eta": config.eta,
             "pooling": config.pooling,
         },
-        samples={"forget": [len(d) for d in forget_domains], "retain": len(retain)},  # type: ignore[dict-item]
+        samples={"forget": [len(d) for d in forget_domains], "retain": len(retain)},  # type: ignore
         timings={"capture": captured - start, "estimate": done - captured, "total": done - start},
     )

@@ -164,6 +164,7 @@ def worker(case: Case, out: Path) -> None:
     import torch
     from transformers import TrainingArguments
 
+    from falcon_plugin.activations import base_model
     from falcon_plugin.data import ForgetRetainCollator
     from falcon_plugin.trainer import FALCON
 
@@ -200,7 +201,7 @@ def worker(case: Case, out: Path) -> None:
     elapsed = time.perf_counter() - start
     state = trainer.falcon_state
     assert state is not None
-    params = dict(trainer._base_model().named_parameters())
+    params = dict(base_model(trainer.model).named_parameters())
     weights = {}
     for name in state.trainable_names:
         param = params[name]

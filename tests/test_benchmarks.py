@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/step.py at a tiny size: it runs and writes the documented JSON (no timing asserted)."""
+"""Smoke test of benchmarks/step.py at a tiny size: it runs and writes the documented JSON (no timings)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,28 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TINY = ["--model", "random", "--layers", "4", "--hidden", "64", "--seq-len", "32", "--batch", "2",
-        "--warmup", "0", "--repeats", "1", "--mi-samples", "16", "--threads", "1", "--log-level", "WARNING"]
+TINY = [
+    "--model",
+    "random",
+    "--layers",
+    "4",
+    "--hidden",
+    "64",
+    "--seq-len",
+    "32",
+    "--batch",
+    "2",
+    "--warmup",
+    "0",
+    "--repeats",
+    "1",
+    "--mi-samples",
+    "16",
+    "--threads",
+    "1",
+    "--log-level",
+    "WARNING",
+]
 
 
 def _is_number(value: object) -> bool:
@@ -31,7 +51,9 @@ def step_module():
     torch.set_num_threads(threads)
 
 
-def test_step_benchmark_tiny_writes_schema(step_module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_step_benchmark_tiny_writes_schema(
+    step_module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "step.json"
     returned = step_module.main([*TINY, "--skip-memory", "--out", str(out)])
     data = json.loads(out.read_text(encoding="utf-8"))
@@ -40,7 +62,8 @@ def test_step_benchmark_tiny_writes_schema(step_module, tmp_path: Path, capsys: 
     assert set(data) >= {"environment", "config", "model", "data", "step", "mi", "memory", "targets"}
     assert data["model"]["source"] == "random" and data["model"]["layers"] == 4
     assert data["config"]["layer"] == 3 and data["config"]["trainable"] == [
-        f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2, 3)]
+        f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2, 3)
+    ]
 
     step = data["step"]
     assert step["order"] == list(step_module.VARIANTS) and step["repeats"] == 1
@@ -53,7 +76,11 @@ def test_step_benchmark_tiny_writes_schema(step_module, tmp_path: Path, capsys: 
 
     mi = data["mi"]
     assert mi["samples"] == {"forget": 16, "retain": 16} and mi["layers_scored"] == 4
-    assert _is_number(mi["ratio"]) and _is_number(mi["forward"]["median_s"]) and _is_number(mi["mi_selection"]["median_s"])
+    assert (
+        _is_number(mi["ratio"])
+        and _is_number(mi["forward"]["median_s"])
+        and _is_number(mi["mi_selection"]["median_s"])
+    )
     assert data["memory"] is None
 
     targets = {t["name"]: t for t in data["targets"]}
@@ -67,11 +94,15 @@ def test_step_benchmark_tiny_writes_schema(step_module, tmp_path: Path, capsys: 
 
 def test_memory_child_and_summary(step_module, tmp_path: Path) -> None:
     out = tmp_path / "ours.json"
-    child = step_module.main([*TINY, "--only", "ours", "--memory", "--memory-steps", "1", "--memory-out", str(out)])
+    child = step_module.main(
+        [*TINY, "--only", "ours", "--memory", "--memory-steps", "1", "--memory-out", str(out)]
+    )
     assert json.loads(out.read_text(encoding="utf-8")) == child
     assert child["variant"] == "ours" and child["steps"] == 1 and child["method"]
     assert child["peak_mib"] >= child["baseline_mib"] > 0
-    summary = step_module.summarize_memory({"ours": child, "official": {**child, "peak_mib": 2 * child["peak_mib"]}})
+    summary = step_module.summarize_memory(
+        {"ours": child, "official": {**child, "peak_mib": 2 * child["peak_mib"]}}
+    )
     assert summary["unit"] == "MiB" and set(summary["variants"]) == {"ours", "official"}
     assert summary["ratios"]["ours/official"] == pytest.approx(0.5)
     assert step_module.evaluate_targets({"memory": summary})[3]["status"] == "PASS"

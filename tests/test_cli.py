@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from falcon_plugin.cli import build_parser, main
+from falcon_plugin.tools.cli import build_parser, main
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], needle: str) -> None:
@@ -43,7 +43,10 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
         (["demo", "--data", "/nonexistent/qa.jsonl"], "--data not found: /nonexistent/qa.jsonl"),
         (["demo", "--finetune", "maybe"], "unknown --finetune 'maybe'"),
         (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
-        (["mi", "--forget", "f.jsonl", "--retain", "r.jsonl"], "the following arguments are required: --model"),
+        (
+            ["mi", "--forget", "f.jsonl", "--retain", "r.jsonl"],
+            "the following arguments are required: --model",
+        ),
         (["sweep", "--host", "h", "--benchmark", "tofu", "--bogus"], "unrecognized arguments: --bogus"),
         (["leaderboard"], "the following arguments are required: DIR"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -93,14 +96,54 @@ def test_mi_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     forget = _write(tmp_path / "f.jsonl", [{"question": "q", "answer": "a"}] * 10)
-    assert main(["mi", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "nope.jsonl"),
-                 "--retain", str(forget)]) == 2
+    assert (
+        main(
+            [
+                "mi",
+                "--model",
+                str(tmp_path / "m"),
+                "--forget",
+                str(tmp_path / "nope.jsonl"),
+                "--retain",
+                str(forget),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "data file not found")
-    assert main(["mi", "--model", str(tmp_path / "m"), "--forget", str(forget), "--retain", str(forget),
-                 "--samples", "2"]) == 2
+    assert (
+        main(
+            [
+                "mi",
+                "--model",
+                str(tmp_path / "m"),
+                "--forget",
+                str(forget),
+                "--retain",
+                str(forget),
+                "--samples",
+                "2",
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "--samples must be >= 8, got 2")
-    assert main(["mi", "--model", str(tmp_path / "m"), "--forget", str(forget), "--retain", str(forget),
-                 "--pooling", "max"]) == 2
+    assert (
+        main(
+            [
+                "mi",
+                "--model",
+                str(tmp_path / "m"),
+                "--forget",
+                str(forget),
+                "--retain",
+                str(forget),
+                "--pooling",
+                "max",
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "mi.pooling='max'")
     bad = _write(tmp_path / "b.jsonl", [{"title": "x"}] * 10)
     assert main(["mi", "--model", str(tmp_path / "m"), "--forget", str(bad), "--retain", str(forget)]) == 2
@@ -108,9 +151,34 @@ def test_mi_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_console_script_module_entry(tmp_path: Path) -> None:
-    """``python -m falcon_plugin.cli`` behaves as the installed ``falcon-unlearn`` script."""
+    """``python -m falcon_plugin.tools.cli`` behaves as the installed ``falcon-unlearn`` script."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "falcon_plugin.cli", "leaderboard", str(tmp_path / "none")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "falcon_plugin.tools.cli", "leaderboard", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == f"falcon-unlearn: error: results directory not found: {tmp_path / 'none'}"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"falcon-unlearn: error: results directory not found: {tmp_path / 'none'}"
+    )
+
+
+def test_missing_tools_extra_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the ``tools`` extra (here: PyYAML hidden), a command names the extra to install."""
+    run = tmp_path / "saves" / "unlearn" / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("trainer:\n  handler: FALCON\n")
+    (run / "TOFU_SUMMARY.json").write_text(json.dumps({"forget_quality": 0.5, "model_utility": 0.5}))
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    assert main(["leaderboard", str(tmp_path / "saves"), "--out", str(tmp_path / "board")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "falcon-unlearn: error: leaderboard needs the tools extra (no module 'yaml'): "
+        "pip install 'falcon-unlearning[tools]'"
+    ]

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from falcon_plugin.losses import EmptyMaskError, cosine_retain_loss, info_nce_forget_loss, token_mask
+from falcon_plugin.errors import EmptyMaskError
+from falcon_plugin.losses import cosine_retain_loss, info_nce_forget_loss
+from falcon_plugin.masks import token_mask
 from falcon_plugin.mi import (
     entropy,
     entropy_gaussian,
@@ -31,7 +33,9 @@ def test_token_mask_selects_positions_that_predict_answer_tokens():
     # position t is selected iff token t+1 is an answer token (the causal LM's shift)
     assert token_mask(labels, attention).tolist() == [[False, True, True, False], [False, False, True, False]]
     left_padded = torch.tensor([[-100, -100, -100, 9, 9]])
-    assert token_mask(left_padded, torch.tensor([[0, 1, 1, 1, 1]])).tolist() == [[False, False, True, True, False]]
+    assert token_mask(left_padded, torch.tensor([[0, 1, 1, 1, 1]])).tolist() == [
+        [False, False, True, True, False]
+    ]
     assert token_mask(torch.tensor([-100, 4, 4]), None).tolist() == [True, True, False]  # 1-D works too
     assert token_mask(None, attention).tolist() == attention.bool().tolist()
 
@@ -63,7 +67,9 @@ def test_info_nce_multiple_negatives_and_known_values():
     got = info_nce_forget_loss(anchor, e[0], negatives, mask, temperature=1.0)
     assert got.item() == pytest.approx(math.log(1 + 2 * math.exp(-1.0)), abs=1e-6)
     # scale of the positive (steering coefficient) does not change a cosine-based InfoNCE
-    assert info_nce_forget_loss(anchor, 20 * e[0], negatives, mask, 1.0).item() == pytest.approx(got.item(), abs=1e-6)
+    assert info_nce_forget_loss(anchor, 20 * e[0], negatives, mask, 1.0).item() == pytest.approx(
+        got.item(), abs=1e-6
+    )
 
 
 def test_losses_ignore_masked_tokens_and_run_in_float32():
@@ -196,7 +202,10 @@ def test_gaussian_estimator_matches_analytic_mi(dim, rho):
     assert est == pytest.approx(truth, rel=0.05)
 
 
-@pytest.mark.parametrize("dim,rho,n,tolerance", [(1, 0.8, 200, 0.03), (1, 0.8, 1500, 0.03), (2, 0.6, 1500, 0.1), (3, 0.5, 1500, 0.15)])
+@pytest.mark.parametrize(
+    "dim,rho,n,tolerance",
+    [(1, 0.8, 200, 0.03), (1, 0.8, 1500, 0.03), (2, 0.6, 1500, 0.1), (3, 0.5, 1500, 0.15)],
+)
 def test_kde_estimator_matches_analytic_mi(dim, rho, n, tolerance):
     x, y, truth = _correlated(n, dim, rho, seed=1)
     est = mutual_information(x, y, "kde", pca_variance=1.0).mi
@@ -208,8 +217,11 @@ def test_leave_one_out_kde_beats_resubstitution_on_independent_data():
     x, _, _ = _correlated(800, 2, 0.0, seed=3)
     y = np.random.default_rng(11).standard_normal((800, 2))
     loo = entropy_kde(x) + entropy_kde(y) - entropy_kde(np.hstack([x, y]))
-    resub = (entropy_kde(x, leave_one_out=False) + entropy_kde(y, leave_one_out=False)
-             - entropy_kde(np.hstack([x, y]), leave_one_out=False))
+    resub = (
+        entropy_kde(x, leave_one_out=False)
+        + entropy_kde(y, leave_one_out=False)
+        - entropy_kde(np.hstack([x, y]), leave_one_out=False)
+    )
     assert abs(loo) < abs(resub)
     assert resub > 0.1  # the official estimator's bias on independent 2-D data
 
@@ -267,13 +279,15 @@ def test_score_layers_and_select_layer_pick_the_argmin():
 
 def test_mutual_information_uses_the_same_samples_for_every_entropy():
     x, y, _ = _correlated(600, 2, 0.5, seed=4)
-    assert mutual_information(x, y[:300], "gaussian", 1.0) == mutual_information(x[:300], y[:300], "gaussian", 1.0)
+    assert mutual_information(x, y[:300], "gaussian", 1.0) == mutual_information(
+        x[:300], y[:300], "gaussian", 1.0
+    )
 
 
 def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     import os
 
-    from falcon_plugin.io import atomic_write_json
+    from falcon_plugin.atomic import atomic_write_json
 
     path = atomic_write_json(tmp_path / "r.json", {"a": 1})
     umask = os.umask(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from falcon_plugin.cli import main
+from falcon_plugin.tools.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,17 @@ def _rows(out: Path) -> dict[str, dict]:
 
 def test_demo_outputs(demo_run: tuple[Path, str]) -> None:
     out, stdout = demo_run
-    for name in ("results.md", "results.csv", "results.json", "mi_report.json", "mi_report.png", "forget_vs_retain.png",
-                 "facts.jsonl", "finetuned/config.json", "finetuned/tokenizer.json"):
+    for name in (
+        "results.md",
+        "results.csv",
+        "results.json",
+        "mi_report.json",
+        "mi_report.png",
+        "forget_vs_retain.png",
+        "facts.jsonl",
+        "finetuned/config.json",
+        "finetuned/tokenizer.json",
+    ):
         assert (out / name).is_file(), name
     assert stdout == (out / "results.md").read_text()
     assert list(_rows(out)) == ["fine-tuned (reference)", "FALCON", "FALCON-MI", "GradDiff", "RMU"]
@@ -61,14 +70,31 @@ def test_demo_direction(demo_run: tuple[Path, str]) -> None:
         assert rows[method]["steps"] == 40 and rows[method]["seconds"] > 0
 
 
-def test_mi_command_on_demo_model(demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_mi_command_on_demo_model(
+    demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = demo_run[0]
     records = [json.loads(line) for line in (out / "facts.jsonl").read_text().splitlines()]
     for split in ("forget", "retain"):
         (tmp_path / f"{split}.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in records if r["split"] == split))
-    code = main(["mi", "--model", str(out / "finetuned"), "--forget", str(tmp_path / "forget.jsonl"),
-                 "--retain", str(tmp_path / "retain.jsonl"), "--samples", "16", "--out", str(tmp_path / "mi"), "-q"])
+            "".join(json.dumps(r) + "\n" for r in records if r["split"] == split)
+        )
+    code = main(
+        [
+            "mi",
+            "--model",
+            str(out / "finetuned"),
+            "--forget",
+            str(tmp_path / "forget.jsonl"),
+            "--retain",
+            str(tmp_path / "retain.jsonl"),
+            "--samples",
+            "16",
+            "--out",
+            str(tmp_path / "mi"),
+            "-q",
+        ]
+    )
     assert code == 0
     report = json.loads((tmp_path / "mi" / "mi_report.json").read_text())
     assert report["layers"] == [0, 1, 2, 3] and report["samples"] == {"forget": [16], "retain": 16}
@@ -76,7 +102,9 @@ def test_mi_command_on_demo_model(demo_run: tuple[Path, str], tmp_path: Path, ca
     assert f"recommended layer: {report['chosen_layer']}" in capsys.readouterr().out
 
 
-def test_leaderboard_on_demo(demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_leaderboard_on_demo(
+    demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["leaderboard", str(demo_run[0]), "--out", str(tmp_path / "b"), "-q"]) == 0
     assert "## demo" in capsys.readouterr().out
     assert (tmp_path / "b" / "demo_pareto.png").is_file()
@@ -84,11 +112,27 @@ def test_leaderboard_on_demo(demo_run: tuple[Path, str], tmp_path: Path, capsys:
 
 def test_demo_with_user_model_and_data(demo_run: tuple[Path, str], tmp_path: Path) -> None:
     out = demo_run[0]
-    code = main(["demo", "--model", str(out / "finetuned"), "--data", str(out / "facts.jsonl"), "--methods", "GradDiff",
-                 "--steps", "2", "--out", str(tmp_path / "mine"), "-q"])
+    code = main(
+        [
+            "demo",
+            "--model",
+            str(out / "finetuned"),
+            "--data",
+            str(out / "facts.jsonl"),
+            "--methods",
+            "GradDiff",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "mine"),
+            "-q",
+        ]
+    )
     assert code == 0
     rows = _rows(tmp_path / "mine")
     assert list(rows) == ["fine-tuned (reference)", "GradDiff"]
     assert rows["fine-tuned (reference)"]["seconds"] is None  # user model + user data: no fine-tuning
-    assert rows["fine-tuned (reference)"]["forget_prob"] == pytest.approx(_rows(out)["fine-tuned (reference)"]["forget_prob"], abs=1e-4)
+    assert rows["fine-tuned (reference)"]["forget_prob"] == pytest.approx(
+        _rows(out)["fine-tuned (reference)"]["forget_prob"], abs=1e-4
+    )
     assert not (tmp_path / "mine" / "finetuned").exists()

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset, tokenize_qa
-from falcon_plugin.demo.data_io import load_mi_records, load_split_data
-from falcon_plugin.demo.errors import InputError
-from falcon_plugin.demo.facts import generate_facts, split_by_entity
-from falcon_plugin.demo.metrics import answer_probabilities, evaluate_qa, rouge_l_recall
-from falcon_plugin.demo.model import TinyModelSpec, build_tiny_llama
-from falcon_plugin.demo.tokenizer import build_word_tokenizer
+from falcon_plugin.tools.common.errors import InputError
+from falcon_plugin.tools.common.qa_files import load_mi_records, load_split_data
+from falcon_plugin.tools.demo.facts import generate_facts, split_by_entity
+from falcon_plugin.tools.demo.metrics import answer_probabilities, evaluate_qa, rouge_l_recall
+from falcon_plugin.tools.demo.model import TinyModelSpec, build_tiny_llama
+from falcon_plugin.tools.demo.tokenizer import build_word_tokenizer
 
 SPEC = TinyModelSpec(num_layers=3, hidden_size=32, intermediate_size=64, num_heads=4)
 
@@ -44,7 +44,10 @@ def test_facts_deterministic_and_split_by_entity(facts) -> None:
 def test_word_tokenizer(tokenizer, facts, tmp_path: Path) -> None:
     example = tokenize_qa(tokenizer, facts[0].question, facts[0].answer, 48)
     assert tokenizer.unk_token_id not in example["input_ids"].tolist()
-    assert example["input_ids"][0] == tokenizer.bos_token_id and example["input_ids"][-1] == tokenizer.eos_token_id
+    assert (
+        example["input_ids"][0] == tokenizer.bos_token_id
+        and example["input_ids"][-1] == tokenizer.eos_token_id
+    )
     answer = example["input_ids"][example["labels"] != -100][:-1]
     assert tokenizer.decode(answer) == facts[0].answer
     tokenizer.save_pretrained(str(tmp_path))
@@ -82,7 +85,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_data_files(tmp_path: Path) -> None:
-    records = [{"question": f"q{i}", "answer": f"a{i}", "split": "forget" if i < 2 else "retain"} for i in range(5)]
+    records = [
+        {"question": f"q{i}", "answer": f"a{i}", "split": "forget" if i < 2 else "retain"} for i in range(5)
+    ]
     jsonl = _write(tmp_path / "d.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     forget, retain = load_split_data(jsonl, None, None)
     assert [p.question for p in forget] == ["q0", "q1"] and len(retain) == 3
@@ -104,15 +109,30 @@ def test_data_files(tmp_path: Path) -> None:
 def _trainer(cls, model, tokenizer, forget, retain, tmp_path, **method_args):
     from transformers import TrainingArguments
 
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
-                             report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
-                             dataloader_pin_memory=False, use_cpu=True)
-    return cls(model=model, args=args, train_dataset=ForgetRetainDataset(forget, retain, seed=0),
-               data_collator=ForgetRetainCollator(tokenizer.pad_token_id), tokenizer=tokenizer, **method_args)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        use_cpu=True,
+    )
+    return cls(
+        model=model,
+        args=args,
+        train_dataset=ForgetRetainDataset(forget, retain, seed=0),
+        data_collator=ForgetRetainCollator(tokenizer.pad_token_id),
+        tokenizer=tokenizer,
+        **method_args,
+    )
 
 
 def test_graddiff_raises_forget_loss(tokenizer, facts, tmp_path: Path) -> None:
-    from falcon_plugin.baselines import GradDiff
+    from falcon_plugin.tools.demo.baselines import GradDiff
 
     forget = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[:4]]
     retain = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[4:]]
@@ -123,18 +143,27 @@ def test_graddiff_raises_forget_loss(tokenizer, facts, tmp_path: Path) -> None:
 
 
 def test_rmu_trains_only_selected_tensors(tokenizer, facts, tmp_path: Path) -> None:
-    from falcon_plugin.baselines import RMUBaseline
+    from falcon_plugin.tools.demo.baselines import RMUBaseline
 
     forget = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[:4]]
     retain = [tokenize_qa(tokenizer, f.question, f.answer, 48) for f in facts[4:]]
     model = build_tiny_llama(tokenizer, SPEC, seed=0)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = _trainer(RMUBaseline, model, tokenizer, forget, retain, tmp_path, layer=2, steering_coeff=5.0, alpha=1.0)
+    trainer = _trainer(
+        RMUBaseline, model, tokenizer, forget, retain, tmp_path, layer=2, steering_coeff=5.0, alpha=1.0
+    )
     assert trainer.trainable_names == [f"model.layers.{i}.mlp.down_proj.weight" for i in range(3)]
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, initial[n])}
     assert changed == set(trainer.trainable_names)
     assert all(torch.equal(p, initial[n]) for n, p in trainer.ref_model.named_parameters())
     with pytest.raises(ValueError, match="matches no parameter"):
-        _trainer(RMUBaseline, build_tiny_llama(tokenizer, SPEC), tokenizer, forget, retain, tmp_path,
-                 trainable_params_regex=["nothing"])
+        _trainer(
+            RMUBaseline,
+            build_tiny_llama(tokenizer, SPEC),
+            tokenizer,
+            forget,
+            retain,
+            tmp_path,
+            trainable_params_regex=["nothing"],
+        )

@@ -18,6 +18,7 @@ from conftest import CharTokenizer, qa_items, tiny_llama
 from transformers import TrainingArguments
 
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
+from falcon_plugin.setup import sample_parts
 from falcon_plugin.trainer import FALCON
 
 
@@ -25,18 +26,35 @@ def _trainer(out: Path, seed: int = 0, layer: int | str = "auto", steps: int = 3
     tok = CharTokenizer()
     dataset = ForgetRetainDataset(qa_items(tok, 16, "zq", 1), qa_items(tok, 16, "ab", 2), seed=0)
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=2, max_steps=steps, learning_rate=1e-2, logging_steps=1,
-        report_to=[], save_strategy="no", use_cpu=True, seed=seed, disable_tqdm=True,
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        max_steps=steps,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=True,
     )
-    return FALCON(model=tiny_llama(num_layers=4, hidden=16), train_dataset=dataset, tokenizer=tok,
-                  data_collator=ForgetRetainCollator(0), args=args, layer=layer, mi={"samples": 8})
+    return FALCON(
+        model=tiny_llama(num_layers=4, hidden=16),
+        train_dataset=dataset,
+        tokenizer=tok,
+        data_collator=ForgetRetainCollator(0),
+        args=args,
+        layer=layer,
+        mi={"samples": 8},
+    )
 
 
 def _run(out: Path, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], FALCON]:
     trainer = _trainer(out, seed)
     trainer.train()
-    history = [{k: v for k, v in h.items() if "runtime" not in k and "per_second" not in k}
-               for h in trainer.state.log_history]
+    history = [
+        {k: v for k, v in h.items() if "runtime" not in k and "per_second" not in k}
+        for h in trainer.state.log_history
+    ]
     return history, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer
 
 
@@ -71,7 +89,7 @@ def test_pov_follows_the_trainer_seed_and_nothing_else(tmp_path: Path) -> None:
 def test_mi_and_pov_samples_follow_the_trainer_seed(tmp_path: Path) -> None:
     def sample(seed: int) -> list[torch.Tensor]:
         trainer = _trainer(tmp_path / f"m{seed}", seed=seed)
-        return [item["input_ids"] for item in trainer._sample_parts("forget", 8, 0)]
+        return [item["input_ids"] for item in sample_parts(trainer._setup_context(), "forget", 8, 0)]
 
     first, again, other = sample(0), sample(0), sample(1)
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
@@ -82,7 +100,10 @@ class _HostLikeDataset(ForgetRetainDataset):
     """Pairs each forget item with a retain item drawn from the global torch RNG, as open-unlearning's does."""
 
     def __getitem__(self, index: int) -> dict[str, dict[str, torch.Tensor]]:
-        return {"forget": self.forget[index], "retain": self.retain[int(torch.randint(0, len(self.retain), (1,)))]}
+        return {
+            "forget": self.forget[index],
+            "retain": self.retain[int(torch.randint(0, len(self.retain), (1,)))],
+        }
 
 
 def test_validation_and_set_up_leave_the_global_rng_alone(tmp_path: Path) -> None:
@@ -90,8 +111,14 @@ def test_validation_and_set_up_leave_the_global_rng_alone(tmp_path: Path) -> Non
     tok = CharTokenizer()
     dataset = _HostLikeDataset(qa_items(tok, 16, "zq", 1), qa_items(tok, 16, "ab", 2))
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = FALCON(model=tiny_llama(num_layers=4, hidden=16), train_dataset=dataset, args=args, layer="auto",
-                     mi={"samples": 8}, data_collator=ForgetRetainCollator(0))
+    trainer = FALCON(
+        model=tiny_llama(num_layers=4, hidden=16),
+        train_dataset=dataset,
+        args=args,
+        layer="auto",
+        mi={"samples": 8},
+        data_collator=ForgetRetainCollator(0),
+    )
     after_init = torch.get_rng_state()
     torch.manual_seed(0)  # what the Trainer's __init__ set, before FALCON's checks ran
     assert torch.equal(after_init, torch.get_rng_state())

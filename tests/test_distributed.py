@@ -29,8 +29,10 @@ import torch
 
 pytestmark = [
     pytest.mark.distributed,
-    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                       reason="torch.distributed with the gloo backend is not available"),
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+        reason="torch.distributed with the gloo backend is not available",
+    ),
 ]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "distributed_check.py"
@@ -49,8 +51,9 @@ def _load_script() -> ModuleType:
 
 
 check = _load_script()
-needs_deepspeed = pytest.mark.skipif(not check.deepspeed_available(),
-                                     reason="deepspeed is not installed (pip install -e '.[deepspeed]')")
+needs_deepspeed = pytest.mark.skipif(
+    not check.deepspeed_available(), reason="deepspeed is not installed (pip install -e '.[deepspeed]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,9 @@ def _run_and_compare(root: Path, case: Any) -> dict[str, Any]:
     ranks = check.load_ranks(root / case.name)
     assert len(ranks) == 2 and all(r["world"] == 2 for r in ranks)
     summary = check.compare(reference, ranks)
-    assert summary["weights_moved"] > 1e-3, "training did not move the weights: the comparison would be vacuous"
+    assert summary["weights_moved"] > 1e-3, (
+        "training did not move the weights: the comparison would be vacuous"
+    )
     assert summary["weights_between_ranks"] == 0.0
     assert summary["same_layer_and_pov"]
     assert summary["weights_vs_single"] <= WEIGHT_TOL, summary

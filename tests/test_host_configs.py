@@ -25,7 +25,9 @@ RMU_ONLY = ("gamma", "alpha", "retain_loss_type", "module_regex")
 def composed(config_name: str, *overrides: str, hydra_choices: bool = False) -> dict[str, Any]:
     """Compose like ``python src/train.py --config-name=<config_name> <overrides>`` in the fake host."""
     with initialize_config_dir(config_dir=str(FAKE_CONFIGS), version_base=None):
-        cfg = compose(config_name=config_name, overrides=[*overrides, "task_name=t"], return_hydra_config=hydra_choices)
+        cfg = compose(
+            config_name=config_name, overrides=[*overrides, "task_name=t"], return_hydra_config=hydra_choices
+        )
         if hydra_choices:
             return dict(cfg.hydra.runtime.choices)
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -47,7 +49,10 @@ def test_short_form_turns_train_yaml_into_a_falcon_unlearning_run() -> None:
     assert cfg["trainer"]["args"]["learning_rate"] == 1e-5  # the host's TOFU setting wins over FALCON.yaml
     assert set(cfg["data"]) == {"forget", "retain", "anchor"}
     assert "TOFU_QA_forget" in cfg["data"]["forget"]
-    assert cfg["trainer"]["method_args"] == yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())["method_args"]
+    assert (
+        cfg["trainer"]["method_args"]
+        == yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())["method_args"]
+    )
 
 
 @pytest.mark.parametrize("bench", BENCHES)
@@ -68,7 +73,9 @@ def test_short_form_is_the_hosts_unlearn_run_for_any_trainer(bench: str) -> None
 def test_cli_trainer_wins_over_the_experiment_override() -> None:
     choices = composed("train.yaml", "experiment=unlearn/tofu", "trainer=FALCON", hydra_choices=True)
     assert choices["trainer"] == "FALCON"
-    choices = composed("unlearn.yaml", "experiment=unlearn/tofu/default", "trainer=FALCON", hydra_choices=True)
+    choices = composed(
+        "unlearn.yaml", "experiment=unlearn/tofu/default", "trainer=FALCON", hydra_choices=True
+    )
     assert choices["trainer"] == "FALCON"
     assert composed("unlearn.yaml", "experiment=unlearn/tofu/default")["trainer"]["handler"] == "GradAscent"
 
@@ -83,8 +90,13 @@ def test_wmdp_uses_the_paper_settings_and_nulls_rmu_arguments() -> None:
 
 
 def test_method_args_stay_overridable_from_the_command_line() -> None:
-    cfg = composed("train.yaml", "experiment=unlearn/wmdp", "trainer=FALCON", "trainer.method_args.layer=3",
-                   "trainer.method_args.mi.estimator=gaussian")
+    cfg = composed(
+        "train.yaml",
+        "experiment=unlearn/wmdp",
+        "trainer=FALCON",
+        "trainer.method_args.layer=3",
+        "trainer.method_args.mi.estimator=gaussian",
+    )
     assert cfg["trainer"]["method_args"]["layer"] == 3
     assert cfg["trainer"]["method_args"]["mi"]["estimator"] == "gaussian"
 

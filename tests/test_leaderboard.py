@@ -14,22 +14,55 @@ from pathlib import Path
 
 import pytest
 
-from falcon_plugin.cli import main
-from falcon_plugin.leaderboard import build, collect, tables
+from falcon_plugin.tools.cli import main
+from falcon_plugin.tools.leaderboard import build, collect, tables
 
 FIXTURES = Path(__file__).parent / "fixtures" / "host_outputs"
 SAVES = FIXTURES / "saves"
 M1 = "Llama-3.2-1B-Instruct"
 DEMO_RESULTS = {
     "rows": [
-        {"method": "fine-tuned (reference)", "forget_prob": 0.9, "forget_rougeL": 1.0, "retain_prob": 0.9,
-         "retain_rougeL": 0.95, "seconds": 50.0, "layer": None, "steps": None, "lr": None},
-        {"method": "FALCON", "forget_prob": 0.05, "forget_rougeL": 0.1, "retain_prob": 0.8, "retain_rougeL": 0.9,
-         "seconds": 9.0, "layer": 3, "steps": 40, "lr": 0.01},
-        {"method": "GradDiff", "forget_prob": 0.01, "forget_rougeL": 0.0, "retain_prob": 0.4, "retain_rougeL": 0.5,
-         "seconds": 7.0, "layer": None, "steps": 40, "lr": 0.0001},
+        {
+            "method": "fine-tuned (reference)",
+            "forget_prob": 0.9,
+            "forget_rougeL": 1.0,
+            "retain_prob": 0.9,
+            "retain_rougeL": 0.95,
+            "seconds": 50.0,
+            "layer": None,
+            "steps": None,
+            "lr": None,
+        },
+        {
+            "method": "FALCON",
+            "forget_prob": 0.05,
+            "forget_rougeL": 0.1,
+            "retain_prob": 0.8,
+            "retain_rougeL": 0.9,
+            "seconds": 9.0,
+            "layer": 3,
+            "steps": 40,
+            "lr": 0.01,
+        },
+        {
+            "method": "GradDiff",
+            "forget_prob": 0.01,
+            "forget_rougeL": 0.0,
+            "retain_prob": 0.4,
+            "retain_rougeL": 0.5,
+            "seconds": 7.0,
+            "layer": None,
+            "steps": 40,
+            "lr": 0.0001,
+        },
     ],
-    "meta": {"size": "ci", "n_forget": 24, "n_retain": 72, "model": "tiny Llama (4 layers, hidden 64)", "unlearn_steps": 40},
+    "meta": {
+        "size": "ci",
+        "n_forget": 24,
+        "n_retain": 72,
+        "model": "tiny Llama (4 layers, hidden 64)",
+        "unlearn_steps": 40,
+    },
 }
 
 
@@ -91,8 +124,17 @@ def test_build_writes_all_formats(tmp_path: Path) -> None:
     out = tmp_path / "board"
     groups, text = build([SAVES, demo], out)
     assert list(groups) == ["TOFU", "MUSE", "WMDP", "demo"]
-    for name in ("leaderboard.md", "leaderboard.html", "leaderboard.json", "tofu.csv", "muse.csv", "wmdp.csv",
-                 "demo.csv", "tofu_pareto.png", "demo_pareto.png"):
+    for name in (
+        "leaderboard.md",
+        "leaderboard.html",
+        "leaderboard.json",
+        "tofu.csv",
+        "muse.csv",
+        "wmdp.csv",
+        "demo.csv",
+        "tofu_pareto.png",
+        "demo_pareto.png",
+    ):
         assert (out / name).is_file(), name
     html = (out / "leaderboard.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html and 'src="http' not in html

@@ -1,6 +1,6 @@
 """Exact resume: a run stopped after a checkpoint and resumed ends where an uninterrupted run ends.
 
-FALCON's own state (l*, the MI report, the POV and its principal directions, the frozen copies of the
+FALCON's own state (l*, the MI report, the POV, the frozen copies of the
 trainable tensors) is saved with every checkpoint (``falcon_state.pt``) and restored on resume, never
 recomputed; the Trainer restores weights, optimizer, scheduler and RNG state. Inside open-unlearning
 a user resumes with ``++trainer.args.resume_from_checkpoint=PATH``: the host then calls ``train()``
@@ -18,8 +18,10 @@ import torch
 from conftest import CharTokenizer, qa_items, tiny_llama
 from transformers import TrainerCallback, TrainingArguments
 
+from falcon_plugin import setup as falcon_setup
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
-from falcon_plugin.trainer import FALCON, STATE_FILE, FalconState
+from falcon_plugin.state import STATE_FILE, FalconState
+from falcon_plugin.trainer import FALCON
 
 STEPS = 4
 SAVE_AT = 2
@@ -39,20 +41,37 @@ class _StopAt(TrainerCallback):
 
 def _dataset() -> ForgetRetainDataset:
     tok = CharTokenizer()
-    return ForgetRetainDataset(qa_items(tok, 12, "zq", 1), qa_items(tok, 12, "ab", 2), seed=0, redraw=False)  # index-only items: exact resume
+    return ForgetRetainDataset(
+        qa_items(tok, 12, "zq", 1), qa_items(tok, 12, "ab", 2), seed=0, redraw=False
+    )  # index-only items: exact resume
 
 
 def _trainer(out: Path, model_seed: int = 0, **arg_overrides: Any) -> FALCON:
     args = dict(
-        output_dir=str(out), per_device_train_batch_size=2, max_steps=STEPS, learning_rate=1e-2,
-        lr_scheduler_type="linear", warmup_steps=1, weight_decay=0.01, logging_steps=1, report_to=[],
-        save_strategy="steps", save_steps=SAVE_AT, use_cpu=True, seed=0, disable_tqdm=True,
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        lr_scheduler_type="linear",
+        warmup_steps=1,
+        weight_decay=0.01,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="steps",
+        save_steps=SAVE_AT,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
     )
     args.update(arg_overrides)
     # no tokenizer: the Trainer would save it into every checkpoint (the test tokenizer cannot be saved)
     return FALCON(
-        model=tiny_llama(num_layers=4, hidden=16, seed=model_seed), train_dataset=_dataset(),
-        data_collator=ForgetRetainCollator(0), args=TrainingArguments(**args), layer="auto", mi={"samples": 8},
+        model=tiny_llama(num_layers=4, hidden=16, seed=model_seed),
+        train_dataset=_dataset(),
+        data_collator=ForgetRetainCollator(0),
+        args=TrainingArguments(**args),
+        layer="auto",
+        mi={"samples": 8},
     )
 
 
@@ -99,7 +118,7 @@ def test_resume_via_training_arguments_matches_the_uninterrupted_run(
     def no_mi(*_: Any, **__: Any) -> None:
         raise AssertionError("MI layer selection ran again on resume")
 
-    monkeypatch.setattr(FALCON, "_select_layer", no_mi)
+    monkeypatch.setattr(falcon_setup, "run_mi_selection", no_mi)
     checkpoint = interrupted / f"checkpoint-{SAVE_AT}"
     # a differently initialised model: every tensor, and FALCON's frozen copies, must come from the checkpoint
     resumed = _trainer(interrupted, model_seed=123, resume_from_checkpoint=str(checkpoint))
@@ -116,10 +135,12 @@ def test_resume_via_training_arguments_matches_the_uninterrupted_run(
     a, b = uninterrupted.falcon_state, resumed.falcon_state
     assert a is not None and b is not None
     assert (a.layer, a.first_layer, a.trainable_names) == (b.layer, b.first_layer, b.trainable_names)
-    assert torch.equal(a.pov, b.pov) and torch.equal(a.pov_directions, b.pov_directions)
+    assert torch.equal(a.pov, b.pov)
     assert all(torch.equal(a.frozen[n], b.frozen[n]) for n in a.frozen)
     saved = FalconState.load(checkpoint)
-    assert saved is not None and b.mi_report == saved.mi_report  # restored as saved (timings included), not recomputed
+    assert (
+        saved is not None and b.mi_report == saved.mi_report
+    )  # restored as saved (timings included), not recomputed
     assert a.mi_report is not None and b.mi_report is not None
 
     def untimed(report: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +149,28 @@ def test_resume_via_training_arguments_matches_the_uninterrupted_run(
     assert untimed(a.mi_report) == untimed(b.mi_report)
 
 
-def test_resume_true_picks_the_latest_checkpoint(uninterrupted: FALCON, interrupted: Path, tmp_path: Path) -> None:
+def test_a_state_file_of_an_older_version_still_loads(interrupted: Path, tmp_path: Path) -> None:
+    """Files written before ``pov_directions`` was dropped from the state carry that key: it is ignored."""
+    saved = FalconState.load(interrupted / f"checkpoint-{SAVE_AT}")
+    assert saved is not None
+    old = {**saved.to_dict(), "pov_directions": torch.randn(8, 16)}
+    torch.save(old, tmp_path / STATE_FILE)
+    loaded = FalconState.load(tmp_path)
+    assert loaded is not None and not hasattr(loaded, "pov_directions")
+    assert (loaded.layer, loaded.first_layer, loaded.trainable_names) == (
+        saved.layer,
+        saved.first_layer,
+        saved.trainable_names,
+    )
+    assert torch.equal(loaded.pov, saved.pov) and all(
+        torch.equal(loaded.frozen[n], saved.frozen[n]) for n in saved.frozen
+    )
+    assert loaded.mi_report == saved.mi_report
+
+
+def test_resume_true_picks_the_latest_checkpoint(
+    uninterrupted: FALCON, interrupted: Path, tmp_path: Path
+) -> None:
     import shutil
 
     out = tmp_path / "copy"
@@ -142,9 +184,12 @@ def test_resume_true_picks_the_latest_checkpoint(uninterrupted: FALCON, interrup
 def test_save_only_model_warns_at_construction_and_refuses_an_inexact_resume(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="falcon_plugin.trainer"):
+    with caplog.at_level(logging.WARNING, logger="falcon_plugin.validation"):
         trainer = _trainer(tmp_path / "model_only", save_only_model=True, max_steps=SAVE_AT)
-    assert any("save_only_model=True" in r.getMessage() and "cannot continue" in r.getMessage() for r in caplog.records)
+    assert any(
+        "save_only_model=True" in r.getMessage() and "cannot continue" in r.getMessage()
+        for r in caplog.records
+    )
     trainer.train()
     checkpoint = tmp_path / "model_only" / f"checkpoint-{SAVE_AT}"
     assert (checkpoint / STATE_FILE).is_file() and not (checkpoint / "optimizer.pt").exists()

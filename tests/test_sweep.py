@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from falcon_plugin.cli import main
-from falcon_plugin.sweep import MARKER, parse_lrs, plan_runs
+from falcon_plugin.tools.cli import main
+from falcon_plugin.tools.sweep import MARKER, parse_lrs, plan_runs
 
 FAKE_TRAIN = textwrap.dedent('''
     """Fake src/train.py: records the call, fails for trainer=NPO, else writes a run folder."""
@@ -24,29 +24,38 @@ FAKE_TRAIN = textwrap.dedent('''
         sys.exit(3)
     run = Path("saves/unlearn") / args["task_name"]
     (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    path = args.get("model.model_args.pretrained_model_name_or_path")
+    lr = args.get("trainer.args.learning_rate", "1e-05")
     (run / ".hydra" / "config.yaml").write_text(
-        f"model:\\n  model_args:\\n    pretrained_model_name_or_path: {args.get('model.model_args.pretrained_model_name_or_path')}\\n"
-        f"trainer:\\n  handler: {args['trainer']}\\n  args:\\n    learning_rate: {args.get('trainer.args.learning_rate', '1e-05')}\\n"
+        f"model:\\n  model_args:\\n    pretrained_model_name_or_path: {path}\\n"
+        f"trainer:\\n  handler: {args['trainer']}\\n  args:\\n    learning_rate: {lr}\\n"
         f"forget_split: {args.get('forget_split')}\\ntask_name: {args['task_name']}\\nmode: unlearn\\n")
     (run / "model.safetensors").write_text("weights")
 ''')
 
 FAKE_EVAL = textwrap.dedent('''
-    """Fake src/eval.py: writes a TOFU_SUMMARY.json whose numbers depend on the method."""
+    """Fake src/eval.py: writes TOFU_EVAL/SUMMARY.json whose numbers depend on the method; like the host's
+    evaluator, forget_quality only with an existing retain_logs_path, and into saves/eval/<task> by default."""
     import json, sys
     from pathlib import Path
-    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    args = dict(a.lstrip("+").split("=", 1) for a in sys.argv[1:] if "=" in a)
     with open("calls.log", "a") as log:
         log.write("eval " + args["task_name"] + "\\n")
-    if "SimNPO" in args["task_name"]:
+    if "SimNPO" in args["task_name"] or "broken" in args["model.model_args.pretrained_model_name_or_path"]:
         sys.exit(5)
-    out = Path(args["paths.output_dir"])
+    out = Path(args.get("paths.output_dir", "saves/eval/" + args["task_name"]))
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
-    (out / ".hydra" / "config.yaml").write_text(f"task_name: {args['task_name']}\\nmode: eval\\nforget_split: {args.get('forget_split')}\\n")
-    quality = {"FALCON": 0.3, "GradDiff": 1e-30, "RMU": 1e-8}
+    (out / ".hydra" / "config.yaml").write_text(
+        f"task_name: {args['task_name']}\\nmode: eval\\nforget_split: {args.get('forget_split')}\\n")
+    quality = {"FALCON": 0.3, "GradDiff": 1e-30, "RMU": 1e-8, "retain": 1.0}
     method = next(m for m in quality if m in args["task_name"])
-    summary = {"forget_quality": quality[method], "model_utility": 0.5 + len(method) / 100, "forget_Q_A_Prob": 0.1}
+    utility = 0.5 + len(method) / 100
+    summary = {"model_utility": utility, "forget_Q_A_Prob": 0.1}
+    logs = args.get("retain_logs_path", "null")
+    if logs != "null" and Path(logs).is_file():
+        summary["forget_quality"] = quality[method]
     (out / "TOFU_SUMMARY.json").write_text(json.dumps(summary, indent=4))
+    (out / "TOFU_EVAL.json").write_text(json.dumps({k: {"agg_value": v} for k, v in summary.items()}))
 ''')
 
 
@@ -67,10 +76,22 @@ def _calls(host: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_sweep_runs_skips_and_survives_failures(host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_runs_skips_and_survives_failures(
+    host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "sweep_out"
-    argv = ["sweep", "--host", str(host), "--benchmark", "tofu", "--methods", "FALCON,GradDiff,NPO,SimNPO",
-            "--out", str(out), "-q"]
+    argv = [
+        "sweep",
+        "--host",
+        str(host),
+        "--benchmark",
+        "tofu",
+        "--methods",
+        "FALCON,GradDiff,NPO,SimNPO",
+        "--out",
+        str(out),
+        "-q",
+    ]
     code = main(argv)
     stdout = capsys.readouterr().out
     assert code == 1  # some runs failed, but the sweep went on and built the leaderboard
@@ -81,7 +102,9 @@ def test_sweep_runs_skips_and_survives_failures(host: Path, tmp_path: Path, caps
     assert not (unlearn / task.format("NPO") / MARKER).exists()  # train failed
     assert not (unlearn / task.format("SimNPO") / MARKER).exists()  # eval failed: no marker either
     outcomes = {o["method"]: o for o in json.loads((out / "sweep.json").read_text())}
-    assert outcomes["NPO"]["status"] == "failed" and "train.py exited with code 3" in outcomes["NPO"]["message"]
+    assert (
+        outcomes["NPO"]["status"] == "failed" and "train.py exited with code 3" in outcomes["NPO"]["message"]
+    )
     assert "out of memory" in Path(outcomes["NPO"]["log"]).read_text()
     assert outcomes["SimNPO"]["status"] == "failed" and "eval.py" in outcomes["SimNPO"]["message"]
     assert outcomes["FALCON"]["status"] == "done"
@@ -93,25 +116,60 @@ def test_sweep_runs_skips_and_survives_failures(host: Path, tmp_path: Path, caps
 
     before = _calls(host)
     assert main(argv) == 1
-    rerun = _calls(host)[len(before):]
-    assert rerun == ["train " + task.format("NPO"), "train " + task.format("SimNPO"), "eval " + task.format("SimNPO")]
+    rerun = _calls(host)[len(before) :]
+    assert rerun == [
+        "train " + task.format("NPO"),
+        "train " + task.format("SimNPO"),
+        "eval " + task.format("SimNPO"),
+    ]
     statuses = {o["method"]: o["status"] for o in json.loads((out / "sweep.json").read_text())}
     assert statuses == {"FALCON": "skipped", "GradDiff": "skipped", "NPO": "failed", "SimNPO": "failed"}
 
 
 def test_sweep_all_ok_exit_zero_and_lr_grid(host: Path, tmp_path: Path) -> None:
-    code = main(["sweep", "--host", str(host), "--benchmark", "tofu", "--methods", "FALCON,RMU", "--lrs", "1e-5,2e-5",
-                 "--out", str(tmp_path / "o"), "-q", "--", "trainer.args.num_train_epochs=2"])
+    code = main(
+        [
+            "sweep",
+            "--host",
+            str(host),
+            "--benchmark",
+            "tofu",
+            "--methods",
+            "FALCON,RMU",
+            "--lrs",
+            "1e-5,2e-5",
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+            "--",
+            "trainer.args.num_train_epochs=2",
+        ]
+    )
     assert code == 0
     runs = sorted(p.name for p in (host / "saves" / "unlearn").iterdir())
-    assert runs == [f"tofu_Llama-3.2-1B-Instruct_forget10_{m}_lr{lr}" for m in ("FALCON", "RMU") for lr in ("1e-05", "2e-05")]
+    assert runs == [
+        f"tofu_Llama-3.2-1B-Instruct_forget10_{m}_lr{lr}"
+        for m in ("FALCON", "RMU")
+        for lr in ("1e-05", "2e-05")
+    ]
     marker = json.loads((host / "saves" / "unlearn" / runs[0] / MARKER).read_text())
     assert "trainer.args.learning_rate=1e-05" in marker["commands"][0]
     assert marker["commands"][0][-1] == "trainer.args.num_train_epochs=2"
 
 
 def test_changed_overrides_rerun(host: Path, tmp_path: Path) -> None:
-    base = ["sweep", "--host", str(host), "--benchmark", "tofu", "--methods", "GradDiff", "--out", str(tmp_path / "o"), "-q"]
+    base = [
+        "sweep",
+        "--host",
+        str(host),
+        "--benchmark",
+        "tofu",
+        "--methods",
+        "GradDiff",
+        "--out",
+        str(tmp_path / "o"),
+        "-q",
+    ]
     assert main(base) == 0
     n = len(_calls(host))
     assert main(base) == 0 and len(_calls(host)) == n  # complete: skipped
@@ -119,10 +177,29 @@ def test_changed_overrides_rerun(host: Path, tmp_path: Path) -> None:
 
 
 def test_dry_run_prints_host_commands(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sweep", "--host", str(host), "--benchmark", "muse", "--methods", "NPO", "--dry-run",
-                 "--python", "python3", "--", "trainer.args.per_device_train_batch_size=4"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--host",
+                str(host),
+                "--benchmark",
+                "muse",
+                "--methods",
+                "NPO",
+                "--dry-run",
+                "--python",
+                "python3",
+                "--",
+                "trainer.args.per_device_train_batch_size=4",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("python3 src/train.py --config-name=unlearn.yaml experiment=unlearn/muse/default.yaml trainer=NPO")
+    assert lines[0].startswith(
+        "python3 src/train.py --config-name=unlearn.yaml experiment=unlearn/muse/default.yaml trainer=NPO"
+    )
     assert lines[0].endswith("trainer.args.per_device_train_batch_size=4")
     assert "paths.output_dir=saves/unlearn/muse_Llama-2-7b-hf_News_NPO/evals" in lines[1]
     assert not (host / "calls.log").exists()
@@ -157,7 +234,9 @@ def test_retain_logs_used_when_present(host: Path) -> None:
         (["--benchmark", "tofu", "--methods", ","], "--methods is empty"),
     ],
 )
-def test_sweep_bad_input(host: Path, argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_bad_input(
+    host: Path, argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["sweep", "--host", str(host), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
@@ -174,3 +253,211 @@ def test_sweep_missing_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_parse_lrs_default() -> None:
     assert parse_lrs(None) == [None]
     assert parse_lrs("1e-5, 3e-5") == [1e-5, 3e-5]
+
+
+# ------------------------------------------------------------------ issue 13: splits, overrides, retain logs
+TASK = "tofu_Llama-3.2-1B-Instruct_{}_{}"
+RETAIN_LOGS = "saves/eval/tofu_Llama-3.2-1B-Instruct_{}/TOFU_EVAL.json"
+
+
+@pytest.mark.parametrize(
+    ("forget", "retain", "holdout"),
+    [
+        ("forget01", "retain99", "holdout01"),
+        ("forget05", "retain95", "holdout05"),
+        ("forget10", "retain90", "holdout10"),
+    ],
+)
+def test_tofu_splits_paired_as_the_host_scripts(host: Path, forget: str, retain: str, holdout: str) -> None:
+    """scripts/tofu_unlearn.sh: forget01/05/10 <-> retain99/95/90 and holdout01/05/10."""
+    logs = host / RETAIN_LOGS.format(retain)
+    logs.parent.mkdir(parents=True)
+    logs.write_text("{}")
+    train, evaluate = plan_runs(host, "tofu", ["RMU"], [None], split=forget, python="python")[0].commands
+    assert {f"forget_split={forget}", f"retain_split={retain}", f"holdout_split={holdout}"} <= set(train)
+    assert {f"forget_split={forget}", f"holdout_split={holdout}"} <= set(evaluate)
+    assert f"retain_logs_path={RETAIN_LOGS.format(retain)}" in train
+    assert f"retain_logs_path={RETAIN_LOGS.format(retain)}" in evaluate
+
+
+def test_unknown_tofu_split_rejected_before_running(
+    host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "sweep",
+        "--host",
+        str(host),
+        "--benchmark",
+        "tofu",
+        "--split",
+        "forget99",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown --split 'forget99' for tofu" in err
+    assert "forget01" in err and "forget05" in err and "retain99" in err
+    assert _calls(host) == []
+
+
+LOCAL_MODEL = [
+    "model.model_args.pretrained_model_name_or_path=/models/full",
+    "model.tokenizer_args.pretrained_model_name_or_path=/models/full",
+    "model.model_args.attn_implementation=eager",
+    "model.model_args.torch_dtype=float32",
+    "++model.model_args.device_map=cpu",
+    "trainer.args.optim=adamw_torch",
+    "~eval.tofu.metrics.privleak",
+]
+
+
+def test_model_overrides_reach_eval_too(host: Path) -> None:
+    train, evaluate = plan_runs(host, "tofu", ["RMU"], [None], extra=LOCAL_MODEL, python="python")[0].commands
+    assert train[-len(LOCAL_MODEL) :] == LOCAL_MODEL
+    for arg in LOCAL_MODEL[1:5] + LOCAL_MODEL[6:]:  # tokenizer, attention, dtype, device, eval settings
+        assert arg in evaluate, arg
+    assert "trainer.args.optim=adamw_torch" not in evaluate  # training-only
+    # the evaluation reads the unlearned model, not the one the training started from
+    paths = [a for a in evaluate if a.startswith("model.model_args.pretrained_model_name_or_path=")]
+    assert paths == [
+        f"model.model_args.pretrained_model_name_or_path=saves/unlearn/{TASK.format('forget10', 'RMU')}"
+    ]
+
+
+@pytest.mark.parametrize(
+    "arg", ["forget_split=forget05", "model=Llama-2-7b-hf", "task_name=x", "trainer=NPO"]
+)
+def test_overrides_the_sweep_sets_are_rejected(
+    host: Path, arg: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sweep", "--host", str(host), "--benchmark", "tofu", "--dry-run", "--", arg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"override {arg!r}" in err
+
+
+def test_missing_retain_logs_are_said(host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "sweep",
+        "--host",
+        str(host),
+        "--benchmark",
+        "tofu",
+        "--methods",
+        "FALCON,RMU",
+        "--out",
+        str(tmp_path),
+        "-q",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "note: saves/eval/tofu_Llama-3.2-1B-Instruct_retain90/TOFU_EVAL.json not found" in out
+    assert "no forget_quality" in out and "--eval-retain" in out
+    # the leaderboard says why there is no Pareto plot instead of leaving it out silently
+    assert "no TOFU plot" in out and "forget_quality needs the retain model's evaluation logs" in out
+    assert not (tmp_path / "leaderboard" / "tofu_pareto.png").exists()
+
+
+def test_eval_retain_evaluates_the_reference_first(
+    host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = [
+        "sweep",
+        "--host",
+        str(host),
+        "--benchmark",
+        "tofu",
+        "--methods",
+        "FALCON,RMU",
+        "--out",
+        str(tmp_path),
+        "-q",
+    ]
+    assert main(base) == 0  # first without the retain model's logs
+    capsys.readouterr()
+    n = len(_calls(host))
+    assert main([*base, "--eval-retain", "--", "++model.model_args.device_map=cpu"]) == 0
+    calls = _calls(host)[n:]
+    # the reference first (then both runs again: the new override changed their training command)
+    assert calls[0] == "eval tofu_Llama-3.2-1B-Instruct_retain90"
+    logs = host / RETAIN_LOGS.format("retain90")
+    assert logs.is_file() and (logs.parent / MARKER).is_file()
+    reference = json.loads((logs.parent / MARKER).read_text())["commands"][0]
+    assert (
+        "model.model_args.pretrained_model_name_or_path=open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90"
+        in reference
+    )
+    assert "++model.model_args.device_map=cpu" in reference and "forget_split=forget10" in reference
+    marker = json.loads((host / "saves" / "unlearn" / TASK.format("forget10", "FALCON") / MARKER).read_text())
+    assert f"retain_logs_path={RETAIN_LOGS.format('retain90')}" in marker["commands"][1]
+    out = capsys.readouterr().out
+    assert "note:" not in out and (tmp_path / "leaderboard" / "tofu_pareto.png").is_file()
+    board = json.loads((tmp_path / "leaderboard" / "leaderboard.json").read_text())["TOFU"]
+    assert {r["task"]: r["metrics"].get("forget_quality") for r in board if r["role"] == "unlearn"} == {
+        TASK.format("forget10", "FALCON"): 0.3,
+        TASK.format("forget10", "RMU"): 1e-8,
+    }
+    n = len(_calls(host))
+    assert main([*base, "--eval-retain", "--", "++model.model_args.device_map=cpu"]) == 0
+    assert _calls(host)[n:] == []  # everything complete, the reference included
+
+
+def test_retain_logs_added_later_only_reevaluate(host: Path, tmp_path: Path) -> None:
+    base = [
+        "sweep",
+        "--host",
+        str(host),
+        "--benchmark",
+        "tofu",
+        "--methods",
+        "FALCON,RMU",
+        "--out",
+        str(tmp_path),
+        "-q",
+    ]
+    assert main(base) == 0
+    n = len(_calls(host))
+    assert main([*base, "--eval-retain"]) == 0
+    assert _calls(host)[n:] == [
+        "eval tofu_Llama-3.2-1B-Instruct_retain90",
+        "eval " + TASK.format("forget10", "FALCON"),
+        "eval " + TASK.format("forget10", "RMU"),
+    ]
+    statuses = {
+        o["method"]: (o["status"], o["message"]) for o in json.loads((tmp_path / "sweep.json").read_text())
+    }
+    assert statuses["FALCON"] == ("done", "evaluation only (the training is unchanged)")
+
+
+def test_failed_reference_runs_go_without_retain_logs(host: Path, tmp_path: Path) -> None:
+    argv = [
+        "sweep",
+        "--host",
+        str(host),
+        "--benchmark",
+        "tofu",
+        "--methods",
+        "RMU",
+        "--out",
+        str(tmp_path),
+        "-q",
+    ]
+    assert main([*argv, "--eval-retain", "--retain-model", "/models/broken"]) == 1
+    outcomes = json.loads((tmp_path / "sweep.json").read_text())
+    assert outcomes[0]["status"] == "failed" and "without retain_logs_path" in outcomes[0]["message"]
+    assert outcomes[1]["status"] == "done"
+    marker = json.loads((host / "saves" / "unlearn" / TASK.format("forget10", "RMU") / MARKER).read_text())
+    assert not any(a.startswith("retain_logs_path=") for c in marker["commands"] for a in c)
+
+
+def test_eval_retain_needs_a_reference(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "--host", str(host), "--benchmark", "wmdp", "--eval-retain", "--dry-run"]) == 2
+    assert "wmdp has no retain reference model" in capsys.readouterr().err
+
+
+def test_sweep_out_is_a_file(host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    assert main(["sweep", "--host", str(host), "--benchmark", "tofu", "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"falcon-unlearn: error: --out {tmp_path / 'file'} is not a folder"
+    assert _calls(host) == []

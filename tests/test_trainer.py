@@ -15,15 +15,24 @@ from conftest import qa_items, tiny_llama
 from transformers import Trainer, TrainingArguments
 
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
-from falcon_plugin.losses import cosine_retain_loss, info_nce_forget_loss, token_mask
+from falcon_plugin.losses import cosine_retain_loss, info_nce_forget_loss
+from falcon_plugin.masks import token_mask
 from falcon_plugin.projection import resolve_gradient_conflict
 from falcon_plugin.trainer import FALCON, FalconMixin, falcon_trainer_class
 
 
 def make_args(tmp_path, **overrides) -> TrainingArguments:
     base = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
     )
     base.update(overrides)
     return TrainingArguments(**base)
@@ -32,9 +41,15 @@ def make_args(tmp_path, **overrides) -> TrainingArguments:
 def make_trainer(tmp_path, model, dataset, tokenizer, **method_args) -> FALCON:
     args = method_args.pop("args", None) or make_args(tmp_path)
     return FALCON(
-        model=model, train_dataset=dataset, eval_dataset=None, tokenizer=tokenizer,
-        data_collator=ForgetRetainCollator(tokenizer.pad_token_id), args=args, evaluators=None,
-        template_args=None, **method_args,
+        model=model,
+        train_dataset=dataset,
+        eval_dataset=None,
+        tokenizer=tokenizer,
+        data_collator=ForgetRetainCollator(tokenizer.pad_token_id),
+        args=args,
+        evaluators=None,
+        template_args=None,
+        **method_args,
     )
 
 
@@ -55,7 +70,9 @@ def _naive_step(model, reference, layer, batch, trainable_names, pov, cfg):
 
     def activation(m, inputs, grad):
         cache = []
-        handle = m.model.layers[layer].register_forward_hook(lambda _m, _i, out: cache.append(out[0] if isinstance(out, tuple) else out))
+        handle = m.model.layers[layer].register_forward_hook(
+            lambda _m, _i, out: cache.append(out[0] if isinstance(out, tuple) else out)
+        )
         with torch.set_grad_enabled(grad):
             m(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         handle.remove()
@@ -65,21 +82,30 @@ def _naive_step(model, reference, layer, batch, trainable_names, pov, cfg):
     trainable = [params[n] for n in trainable_names]
     f, r = batch["forget"], batch["retain"]
     forget_loss = info_nce_forget_loss(
-        activation(model, f, True), cfg.steering_coeff * pov, activation(reference, f, False),
-        token_mask(f["labels"], f["attention_mask"]), cfg.temperature,
+        activation(model, f, True),
+        cfg.steering_coeff * pov,
+        activation(reference, f, False),
+        token_mask(f["labels"], f["attention_mask"]),
+        cfg.temperature,
     )
     retain_loss = cfg.retain_weight * cosine_retain_loss(
-        activation(model, r, True), activation(reference, r, False), token_mask(r["labels"], r["attention_mask"])
+        activation(model, r, True),
+        activation(reference, r, False),
+        token_mask(r["labels"], r["attention_mask"]),
     )
     g_f = torch.autograd.grad(forget_loss, trainable)
     g_r = torch.autograd.grad(retain_loss, trainable)
-    combined = resolve_gradient_conflict(list(g_f), list(g_r), cfg.projection, cfg.conflict_weights, cfg.align_weights)
+    combined = resolve_gradient_conflict(
+        list(g_f), list(g_r), cfg.projection, cfg.conflict_weights, cfg.align_weights
+    )
     return forget_loss, retain_loss, combined.grads
 
 
 @pytest.mark.parametrize("projection", ["per_tensor", "global", "none"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_fast_path_equals_naive_full_forward_with_model_copy(tmp_path, tokenizer, forget_retain, projection, padding_side):
+def test_fast_path_equals_naive_full_forward_with_model_copy(
+    tmp_path, tokenizer, forget_retain, projection, padding_side
+):
     model = tiny_llama(num_layers=6)
     layer = 4
     trainer = make_trainer(tmp_path, model, forget_retain, tokenizer, layer=layer, projection=projection)
@@ -87,7 +113,9 @@ def test_fast_path_equals_naive_full_forward_with_model_copy(tmp_path, tokenizer
     # take a few optimizer-like steps first so the trainable tensors differ from the frozen copies
     with torch.no_grad():
         for name in trainer.falcon_state.trainable_names:
-            dict(model.named_parameters())[name].add_(0.05 * torch.randn_like(dict(model.named_parameters())[name]))
+            dict(model.named_parameters())[name].add_(
+                0.05 * torch.randn_like(dict(model.named_parameters())[name])
+            )
     reference = copy.deepcopy(model)
     with torch.no_grad():  # the reference model holds the *original* (frozen) tensors
         ref_params = dict(reference.named_parameters())
@@ -98,14 +126,24 @@ def test_fast_path_equals_naive_full_forward_with_model_copy(tmp_path, tokenizer
     batch = collate([forget_retain[i] for i in range(4)])
 
     forget_loss, retain_loss, expected = _naive_step(
-        model, reference, layer, batch, trainer.falcon_state.trainable_names, trainer.falcon_state.pov, trainer.falcon_config
+        model,
+        reference,
+        layer,
+        batch,
+        trainer.falcon_state.trainable_names,
+        trainer.falcon_state.pov,
+        trainer.falcon_config,
     )
     model.zero_grad(set_to_none=True)
     surrogate = trainer.compute_loss(model, batch)
     surrogate.backward()
     assert surrogate.item() == pytest.approx((forget_loss + retain_loss).item(), rel=1e-5, abs=1e-6)
-    assert trainer._falcon_metrics["falcon/forget_loss"][-1].item() == pytest.approx(forget_loss.item(), rel=1e-5)
-    assert trainer._falcon_metrics["falcon/retain_loss"][-1].item() == pytest.approx(retain_loss.item(), rel=1e-4, abs=1e-7)
+    assert trainer._falcon_metrics["falcon/forget_loss"][-1].item() == pytest.approx(
+        forget_loss.item(), rel=1e-5
+    )
+    assert trainer._falcon_metrics["falcon/retain_loss"][-1].item() == pytest.approx(
+        retain_loss.item(), rel=1e-4, abs=1e-7
+    )
     params = dict(model.named_parameters())
     for name, grad in zip(trainer.falcon_state.trainable_names, expected, strict=True):
         assert torch.allclose(params[name].grad, grad, rtol=1e-4, atol=1e-6), name
@@ -118,9 +156,11 @@ def test_no_layer_above_l_star_or_lm_head_runs(tmp_path, tokenizer, forget_retai
     trainer = make_trainer(tmp_path, model, forget_retain, tokenizer, layer=2)
     trainer._setup(None)
     calls = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: calls.append(name))
-             for name, m in [("lm_head", model.lm_head), ("norm", model.model.norm)]
-             + [(f"layer{i}", model.model.layers[i]) for i in range(6)]]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, name=name: calls.append(name))
+        for name, m in [("lm_head", model.lm_head), ("norm", model.model.norm)]
+        + [(f"layer{i}", model.model.layers[i]) for i in range(6)]
+    ]
     batch = ForgetRetainCollator(0)([forget_retain[i] for i in range(2)])
     trainer.compute_loss(model, batch)
     for h in hooks:
@@ -133,7 +173,9 @@ def test_no_layer_above_l_star_or_lm_head_runs(tmp_path, tokenizer, forget_retai
 
 def test_layer_auto_picks_the_argmin_and_writes_its_report(tmp_path, tokenizer, forget_retain):
     model = tiny_llama(num_layers=5)
-    trainer = make_trainer(tmp_path, model, forget_retain, tokenizer, layer="auto", mi={"samples": 16, "estimator": "gaussian"})
+    trainer = make_trainer(
+        tmp_path, model, forget_retain, tokenizer, layer="auto", mi={"samples": 16, "estimator": "gaussian"}
+    )
     trainer.train()
     report = json.loads((tmp_path / "mi_report.json").read_text())
     assert (tmp_path / "mi_report.png").stat().st_size > 1000
@@ -160,7 +202,9 @@ def test_unlearning_pushes_forget_activations_away_and_keeps_retain(tmp_path, to
     trainer.train()
     logs = [e for e in trainer.state.log_history if "falcon/forget_loss" in e]
     assert logs[-1]["falcon/forget_loss"] < logs[0]["falcon/forget_loss"] - 0.05
-    assert logs[-1]["falcon/retain_loss"] < 5.0  # 100 * (1 - cos): retain activations stay aligned (cos > 0.95)
+    assert (
+        logs[-1]["falcon/retain_loss"] < 5.0
+    )  # 100 * (1 - cos): retain activations stay aligned (cos > 0.95)
 
 
 def test_host_style_class_factory(tmp_path, tokenizer, forget_retain):
@@ -171,9 +215,18 @@ def test_host_style_class_factory(tmp_path, tokenizer, forget_retain):
 
     cls = falcon_trainer_class(HostBase)
     assert cls.__name__ == "FALCON" and issubclass(cls, FalconMixin) and issubclass(cls, HostBase)
-    trainer = cls(model=tiny_llama(), train_dataset=forget_retain, eval_dataset=None, tokenizer=tokenizer,
-                  data_collator=ForgetRetainCollator(0), args=make_args(tmp_path), evaluators={"x": 1},
-                  template_args={"t": 1}, layer=1, temperature=0.5)
+    trainer = cls(
+        model=tiny_llama(),
+        train_dataset=forget_retain,
+        eval_dataset=None,
+        tokenizer=tokenizer,
+        data_collator=ForgetRetainCollator(0),
+        args=make_args(tmp_path),
+        evaluators={"x": 1},
+        template_args={"t": 1},
+        layer=1,
+        temperature=0.5,
+    )
     assert trainer.evaluators == {"x": 1} and trainer.falcon_config.temperature == 0.5
     with pytest.raises(TypeError, match="Trainer subclass"):
         falcon_trainer_class(object)
@@ -183,7 +236,9 @@ def test_thirty_layer_model_trains_at_layer_seven(tmp_path, tokenizer):
     model = tiny_llama(num_layers=30, hidden=32)
     dataset = ForgetRetainDataset(qa_items(tokenizer, 8, "zq", 3), qa_items(tokenizer, 8, "ab", 4))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = make_trainer(tmp_path, model, dataset, tokenizer, layer=7, args=make_args(tmp_path, max_steps=2))
+    trainer = make_trainer(
+        tmp_path, model, dataset, tokenizer, layer=7, args=make_args(tmp_path, max_steps=2)
+    )
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)}

@@ -22,10 +22,9 @@ from conftest import CharTokenizer, qa_items, tiny_llama
 from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 
-from falcon_plugin.activations import ModelStructureError
-from falcon_plugin.config import FalconConfigError, FalconDataError
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
-from falcon_plugin.trainer import FALCON, NonFiniteLossError
+from falcon_plugin.errors import FalconConfigError, FalconDataError, ModelStructureError, NonFiniteLossError
+from falcon_plugin.trainer import FALCON
 
 
 @dataclass
@@ -41,22 +40,37 @@ class Env:
         model.register_forward_pre_hook(lambda *_: self.forward_calls.append("forward"))
         return model
 
-    def items(self, topic: str = "zq", count: int = 12, tokenizer: Any = None) -> list[dict[str, torch.Tensor]]:
+    def items(
+        self, topic: str = "zq", count: int = 12, tokenizer: Any = None
+    ) -> list[dict[str, torch.Tensor]]:
         return qa_items(tokenizer or self.tokenizer, count, topic, seed=1)
 
     def dataset(self, forget: list | None = None, retain: list | None = None) -> ForgetRetainDataset:
-        return ForgetRetainDataset(self.items("zq") if forget is None else forget,
-                                   self.items("ab") if retain is None else retain)
+        return ForgetRetainDataset(
+            self.items("zq") if forget is None else forget, self.items("ab") if retain is None else retain
+        )
 
-    def trainer(self, model: nn.Module | None = None, dataset: Any = None, tokenizer: Any = None,
-                **method_args: Any) -> FALCON:
-        args = TrainingArguments(output_dir=str(self.tmp / "run"), per_device_train_batch_size=2, max_steps=1,
-                                 report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    def trainer(
+        self, model: nn.Module | None = None, dataset: Any = None, tokenizer: Any = None, **method_args: Any
+    ) -> FALCON:
+        args = TrainingArguments(
+            output_dir=str(self.tmp / "run"),
+            per_device_train_batch_size=2,
+            max_steps=1,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+        )
         method_args.setdefault("layer", 2)
-        return FALCON(model=model if model is not None else self.model(),
-                      train_dataset=self.dataset() if dataset is None else dataset,
-                      tokenizer=tokenizer or self.tokenizer, data_collator=ForgetRetainCollator(0), args=args,
-                      **method_args)
+        return FALCON(
+            model=model if model is not None else self.model(),
+            train_dataset=self.dataset() if dataset is None else dataset,
+            tokenizer=tokenizer or self.tokenizer,
+            data_collator=ForgetRetainCollator(0),
+            args=args,
+            **method_args,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,23 +128,30 @@ class _NoLayers(nn.Module):
 def _t5() -> nn.Module:
     from transformers import T5Config, T5ForConditionalGeneration
 
-    return T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2))
+    return T5ForConditionalGeneration(
+        T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2)
+    )
 
 
 def _bert() -> nn.Module:
     from transformers import BertConfig, BertForMaskedLM
 
-    return BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=32))
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+        )
+    )
 
 
 def _cli(argv_for: Callable[[Path, Path], list[str]]) -> Callable[[Env], object]:
     """Run ``falcon-unlearn`` in-process; an error exit becomes SystemExit(code) carrying stderr."""
 
     def submit(env: Env) -> object:
-        cli = pytest.importorskip("falcon_plugin.cli")
+        cli = pytest.importorskip("falcon_plugin.tools.cli")
         data = env.tmp / "qa.jsonl"
-        data.write_text("".join(json.dumps({"question": f"q{i}?", "answer": f"a{i}"}) + "\n" for i in range(12)))
+        data.write_text(
+            "".join(json.dumps({"question": f"q{i}?", "answer": f"a{i}"}) + "\n" for i in range(12))
+        )
         import contextlib
         import io
 
@@ -159,7 +180,7 @@ def _host_trainer(env: Env, **method_args: Any) -> object:
 
 
 def _malformed_data_file(env: Env) -> object:
-    data_io = pytest.importorskip("falcon_plugin.demo.data_io")
+    data_io = pytest.importorskip("falcon_plugin.tools.common.qa_files")
     path = env.tmp / "bad.jsonl"
     path.write_text(json.dumps({"prompt": "q?", "completion": "a"}) + "\n")
     return data_io.load_mi_records(path)
@@ -169,103 +190,329 @@ ROWS = [
     # ---- trainer method_args (validated in FalconConfig, before the Trainer is built)
     Bad("layer-not-an-index", with_method_args(layer="seven"), FalconConfigError, ("layer", "'seven'")),
     Bad("layer-negative", with_method_args(layer=-1), FalconConfigError, ("layer", "-1")),
-    Bad("layer-out-of-range", with_method_args(layer=99), FalconConfigError, ("layer", "99", "4 decoder layers")),
+    Bad(
+        "layer-out-of-range",
+        with_method_args(layer=99),
+        FalconConfigError,
+        ("layer", "99", "4 decoder layers"),
+    ),
     Bad("layer-float", with_method_args(layer=2.5), FalconConfigError, ("layer", "2.5")),
     Bad("layer-bool", with_method_args(layer=True), FalconConfigError, ("layer", "True")),
     Bad("temperature-zero", with_method_args(temperature=0), FalconConfigError, ("temperature", "0")),
-    Bad("temperature-negative", with_method_args(temperature=-0.5), FalconConfigError, ("temperature", "-0.5")),
-    Bad("temperature-string", with_method_args(temperature="hot"), FalconConfigError, ("temperature", "'hot'")),
-    Bad("temperature-nan", with_method_args(temperature=float("nan")), FalconConfigError, ("temperature", "nan")),
-    Bad("steering-coeff-zero", with_method_args(steering_coeff=0), FalconConfigError, ("steering_coeff", "0")),
+    Bad(
+        "temperature-negative", with_method_args(temperature=-0.5), FalconConfigError, ("temperature", "-0.5")
+    ),
+    Bad(
+        "temperature-string", with_method_args(temperature="hot"), FalconConfigError, ("temperature", "'hot'")
+    ),
+    Bad(
+        "temperature-nan",
+        with_method_args(temperature=float("nan")),
+        FalconConfigError,
+        ("temperature", "nan"),
+    ),
+    Bad(
+        "steering-coeff-zero", with_method_args(steering_coeff=0), FalconConfigError, ("steering_coeff", "0")
+    ),
     Bad("pov-rank-zero", with_method_args(pov_rank=0), FalconConfigError, ("pov_rank", "0")),
     Bad("pov-rank-float", with_method_args(pov_rank=2.5), FalconConfigError, ("pov_rank", "2.5")),
     Bad("pov-noise-negative", with_method_args(pov_noise=-0.1), FalconConfigError, ("pov_noise", "-0.1")),
-    Bad("pov-weight-inf", with_method_args(pov_weight=float("inf")), FalconConfigError, ("pov_weight", "inf")),
-    Bad("retain-weight-bool", with_method_args(retain_weight=True), FalconConfigError, ("retain_weight", "True")),
-    Bad("conflict-weights-one-number", with_method_args(conflict_weights=[0.8]), FalconConfigError,
-        ("conflict_weights", "[0.8]")),
-    Bad("align-weights-three-numbers", with_method_args(align_weights=[0.1, 1.9, 3.0]), FalconConfigError,
-        ("align_weights", "[0.1, 1.9, 3.0]")),
-    Bad("conflict-weights-string", with_method_args(conflict_weights="0.8,1.2"), FalconConfigError,
-        ("conflict_weights", "'0.8,1.2'")),
-    Bad("align-weight-negative", with_method_args(align_weights=[0.1, -1.0]), FalconConfigError,
-        ("align_weights[1]", "-1.0")),
-    Bad("projection-unknown", with_method_args(projection="orthogonal"), FalconConfigError,
-        ("projection", "'orthogonal'")),
-    Bad("method-arg-unknown-host", lambda env: _host_trainer(env, temprature=0.7), FalconConfigError,
-        ("unknown argument(s) ['temprature']",)),
-    Bad("method-arg-unknown-standalone", with_method_args(temprature=0.7), TypeError, ("'temprature'",)),
-    Bad("regex-invalid", with_method_args(trainable_params_regex="model.layers.("), FalconConfigError,
-        ("trainable_params_regex", "model.layers.(")),
-    Bad("regex-empty-list", with_method_args(trainable_params_regex=[]), FalconConfigError,
-        ("trainable_params_regex", "[]")),
-    Bad("regex-not-a-string", with_method_args(trainable_params_regex=[3]), FalconConfigError,
-        ("trainable_params_regex", "3")),
-    Bad("regex-matches-nothing", with_method_args(trainable_params_regex=[r"transformer\.h\..*"]), FalconConfigError,
-        ("trainable_params_regex", r"transformer\\.h\\..*", "matches no parameter")),
-    Bad("regex-outside-decoder-layers", with_method_args(trainable_params_regex=["lm_head.weight"]), FalconConfigError,
-        ("trainable_params_regex", "lm_head.weight", "outside the decoder layers")),
-    Bad("regex-embedding-with-auto", with_method_args(layer="auto", trainable_params_regex=[r"model\.embed_tokens\..*"]),
-        FalconConfigError, ("trainable_params_regex", "model.embed_tokens.weight", "outside the decoder layers")),
-    Bad("regex-above-l-star", with_method_args(layer=1, trainable_params_regex=[r"model\.layers\.3\.mlp\.down_proj\.weight"]),
-        FalconConfigError, ("trainable_params_regex", "model.layers.3.mlp.down_proj.weight", "l*=1")),
+    Bad(
+        "pov-weight-inf", with_method_args(pov_weight=float("inf")), FalconConfigError, ("pov_weight", "inf")
+    ),
+    Bad(
+        "retain-weight-bool",
+        with_method_args(retain_weight=True),
+        FalconConfigError,
+        ("retain_weight", "True"),
+    ),
+    Bad(
+        "conflict-weights-one-number",
+        with_method_args(conflict_weights=[0.8]),
+        FalconConfigError,
+        ("conflict_weights", "[0.8]"),
+    ),
+    Bad(
+        "align-weights-three-numbers",
+        with_method_args(align_weights=[0.1, 1.9, 3.0]),
+        FalconConfigError,
+        ("align_weights", "[0.1, 1.9, 3.0]"),
+    ),
+    Bad(
+        "conflict-weights-string",
+        with_method_args(conflict_weights="0.8,1.2"),
+        FalconConfigError,
+        ("conflict_weights", "'0.8,1.2'"),
+    ),
+    Bad(
+        "align-weight-negative",
+        with_method_args(align_weights=[0.1, -1.0]),
+        FalconConfigError,
+        ("align_weights[1]", "-1.0"),
+    ),
+    Bad(
+        "projection-unknown",
+        with_method_args(projection="orthogonal"),
+        FalconConfigError,
+        ("projection", "'orthogonal'"),
+    ),
+    Bad(
+        "method-arg-unknown-host",
+        lambda env: _host_trainer(env, temprature=0.7),
+        FalconConfigError,
+        ("unknown argument(s) ['temprature']",),
+    ),
+    Bad(
+        "method-arg-unknown-standalone",
+        with_method_args(temprature=0.7),
+        FalconConfigError,
+        ("unknown argument(s) ['temprature']", "temperature, steering_coeff"),
+    ),
+    Bad(
+        "regex-invalid",
+        with_method_args(trainable_params_regex="model.layers.("),
+        FalconConfigError,
+        ("trainable_params_regex", "model.layers.("),
+    ),
+    Bad(
+        "regex-empty-list",
+        with_method_args(trainable_params_regex=[]),
+        FalconConfigError,
+        ("trainable_params_regex", "[]"),
+    ),
+    Bad(
+        "regex-not-a-string",
+        with_method_args(trainable_params_regex=[3]),
+        FalconConfigError,
+        ("trainable_params_regex", "3"),
+    ),
+    Bad(
+        "regex-matches-nothing",
+        with_method_args(trainable_params_regex=[r"transformer\.h\..*"]),
+        FalconConfigError,
+        ("trainable_params_regex", r"transformer\\.h\\..*", "matches no parameter"),
+    ),
+    Bad(
+        "regex-outside-decoder-layers",
+        with_method_args(trainable_params_regex=["lm_head.weight"]),
+        FalconConfigError,
+        ("trainable_params_regex", "lm_head.weight", "outside the decoder layers"),
+    ),
+    Bad(
+        "regex-embedding-with-auto",
+        with_method_args(layer="auto", trainable_params_regex=[r"model\.embed_tokens\..*"]),
+        FalconConfigError,
+        ("trainable_params_regex", "model.embed_tokens.weight", "outside the decoder layers"),
+    ),
+    Bad(
+        "regex-above-l-star",
+        with_method_args(layer=1, trainable_params_regex=[r"model\.layers\.3\.mlp\.down_proj\.weight"]),
+        FalconConfigError,
+        ("trainable_params_regex", "model.layers.3.mlp.down_proj.weight", "l*=1"),
+    ),
     # ---- MI (Step 1) settings
-    Bad("mi-samples-too-few-for-pca-kde", with_method_args(mi={"samples": 4}), FalconConfigError, ("mi.samples", "4")),
-    Bad("mi-samples-string", with_method_args(mi={"samples": "many"}), FalconConfigError, ("mi.samples", "'many'")),
-    Bad("mi-pca-variance-above-one", with_method_args(mi={"pca_variance": 1.5}), FalconConfigError,
-        ("mi.pca_variance", "1.5")),
-    Bad("mi-pca-variance-zero", with_method_args(mi={"pca_variance": 0}), FalconConfigError, ("mi.pca_variance", "0")),
-    Bad("mi-estimator-unknown", with_method_args(mi={"estimator": "knn"}), FalconConfigError, ("mi.estimator", "'knn'")),
-    Bad("mi-pooling-unknown", with_method_args(mi={"pooling": "max"}), FalconConfigError, ("mi.pooling", "'max'")),
+    Bad(
+        "mi-samples-too-few-for-pca-kde",
+        with_method_args(mi={"samples": 4}),
+        FalconConfigError,
+        ("mi.samples", "4"),
+    ),
+    Bad(
+        "mi-samples-string",
+        with_method_args(mi={"samples": "many"}),
+        FalconConfigError,
+        ("mi.samples", "'many'"),
+    ),
+    Bad(
+        "mi-pca-variance-above-one",
+        with_method_args(mi={"pca_variance": 1.5}),
+        FalconConfigError,
+        ("mi.pca_variance", "1.5"),
+    ),
+    Bad(
+        "mi-pca-variance-zero",
+        with_method_args(mi={"pca_variance": 0}),
+        FalconConfigError,
+        ("mi.pca_variance", "0"),
+    ),
+    Bad(
+        "mi-estimator-unknown",
+        with_method_args(mi={"estimator": "knn"}),
+        FalconConfigError,
+        ("mi.estimator", "'knn'"),
+    ),
+    Bad(
+        "mi-pooling-unknown",
+        with_method_args(mi={"pooling": "max"}),
+        FalconConfigError,
+        ("mi.pooling", "'max'"),
+    ),
     Bad("mi-eta-negative", with_method_args(mi={"eta": -1}), FalconConfigError, ("mi.eta", "-1")),
-    Bad("mi-batch-size-zero", with_method_args(mi={"batch_size": 0}), FalconConfigError, ("mi.batch_size", "0")),
+    Bad(
+        "mi-batch-size-zero",
+        with_method_args(mi={"batch_size": 0}),
+        FalconConfigError,
+        ("mi.batch_size", "0"),
+    ),
     Bad("mi-unknown-key", with_method_args(mi={"sample": 100}), FalconConfigError, ("mi", "'sample'")),
     Bad("mi-not-a-mapping", with_method_args(mi="fast"), FalconConfigError, ("mi", "'fast'")),
-    Bad("auto-with-too-few-train-samples",
+    Bad(
+        "auto-with-too-few-train-samples",
         lambda env: env.trainer(dataset=env.dataset(env.items("zq", 4), env.items("ab", 4)), layer="auto"),
-        FalconConfigError, ("layer='auto'", "has 4")),
+        FalconConfigError,
+        ("layer='auto'", "has 4"),
+    ),
     # ---- Hydra configs (DictConfig / ListConfig values, as the host passes method_args)
-    Bad("hydra-weights-wrong-length", with_hydra_method_args({"layer": 2, "conflict_weights": [0.8]}),
-        FalconConfigError, ("conflict_weights", "[0.8]")),
-    Bad("hydra-mi-estimator-unknown", with_hydra_method_args({"layer": "auto", "mi": {"estimator": "knn"}}),
-        FalconConfigError, ("mi.estimator", "'knn'")),
-    Bad("hydra-layer-string", with_hydra_method_args({"layer": "last"}), FalconConfigError, ("layer", "'last'")),
+    Bad(
+        "hydra-weights-wrong-length",
+        with_hydra_method_args({"layer": 2, "conflict_weights": [0.8]}),
+        FalconConfigError,
+        ("conflict_weights", "[0.8]"),
+    ),
+    Bad(
+        "hydra-mi-estimator-unknown",
+        with_hydra_method_args({"layer": "auto", "mi": {"estimator": "knn"}}),
+        FalconConfigError,
+        ("mi.estimator", "'knn'"),
+    ),
+    Bad(
+        "hydra-layer-string",
+        with_hydra_method_args({"layer": "last"}),
+        FalconConfigError,
+        ("layer", "'last'"),
+    ),
     # ---- data
     Bad("forget-set-empty", lambda env: env.dataset(forget=[]), ValueError, ("forget set", "empty")),
     Bad("retain-set-empty", lambda env: env.dataset(retain=[]), ValueError, ("retain set", "empty")),
-    Bad("train-dataset-empty", lambda env: env.trainer(dataset=[]), FalconDataError, ("train_dataset", "len 0")),
-    Bad("train-item-not-forget-retain", lambda env: env.trainer(dataset=env.items("zq")), FalconDataError,
-        ("train_dataset[0]", "no 'forget' part")),
-    Bad("sequence-all-padding", with_forget_item(attention_mask=[0] * 20, input_ids=[0] * 20, labels=[-100] * 20),
-        FalconDataError, ("train_dataset[0]['forget'].attention_mask", "all 0")),
-    Bad("no-answer-tokens", with_forget_item(labels=[-100] * 20, input_ids=[5] * 20, attention_mask=[1] * 20),
-        FalconDataError, ("train_dataset[0]['forget'].labels", "all -100")),
-    Bad("empty-sequence", with_forget_item(input_ids=[], attention_mask=[], labels=[]), FalconDataError,
-        ("train_dataset[0]['forget'].input_ids", "[]")),
-    Bad("token-id-beyond-vocab", lambda env: env.trainer(dataset=env.dataset(env.items("zq", tokenizer=CharTokenizer(200)))),
-        FalconDataError, ("train_dataset[0]['forget'].input_ids", "token id", "vocabulary 0..63")),
-    Bad("token-id-negative", with_forget_item(input_ids=[1, -5, 7], attention_mask=[1, 1, 1], labels=[-100, 7, 7]),
-        FalconDataError, ("train_dataset[0]['forget'].input_ids", "token id -5")),
-    Bad("pad-id-beyond-vocab", lambda env: env.trainer(tokenizer=_Pad999Tokenizer()), FalconDataError,
-        ("pad_token_id=999", "64 rows")),
+    Bad(
+        "train-dataset-empty",
+        lambda env: env.trainer(dataset=[]),
+        FalconDataError,
+        ("train_dataset", "len 0"),
+    ),
+    Bad(
+        "train-item-not-forget-retain",
+        lambda env: env.trainer(dataset=env.items("zq")),
+        FalconDataError,
+        ("train_dataset[0]", "no 'forget' part"),
+    ),
+    Bad(
+        "sequence-all-padding",
+        with_forget_item(attention_mask=[0] * 20, input_ids=[0] * 20, labels=[-100] * 20),
+        FalconDataError,
+        ("train_dataset[0]['forget'].attention_mask", "all 0"),
+    ),
+    Bad(
+        "no-answer-tokens",
+        with_forget_item(labels=[-100] * 20, input_ids=[5] * 20, attention_mask=[1] * 20),
+        FalconDataError,
+        ("train_dataset[0]['forget'].labels", "all -100"),
+    ),
+    Bad(
+        "empty-sequence",
+        with_forget_item(input_ids=[], attention_mask=[], labels=[]),
+        FalconDataError,
+        ("train_dataset[0]['forget'].input_ids", "[]"),
+    ),
+    Bad(
+        "token-id-beyond-vocab",
+        lambda env: env.trainer(dataset=env.dataset(env.items("zq", tokenizer=CharTokenizer(200)))),
+        FalconDataError,
+        ("train_dataset[0]['forget'].input_ids", "token id", "vocabulary 0..63"),
+    ),
+    Bad(
+        "token-id-negative",
+        with_forget_item(input_ids=[1, -5, 7], attention_mask=[1, 1, 1], labels=[-100, 7, 7]),
+        FalconDataError,
+        ("train_dataset[0]['forget'].input_ids", "token id -5"),
+    ),
+    Bad(
+        "pad-id-beyond-vocab",
+        lambda env: env.trainer(tokenizer=_Pad999Tokenizer()),
+        FalconDataError,
+        ("pad_token_id=999", "64 rows"),
+    ),
     # ---- model
-    Bad("model-encoder-decoder", lambda env: env.trainer(model=_t5(), layer=0), ModelStructureError,
-        ("T5ForConditionalGeneration", "is_encoder_decoder=True")),
-    Bad("model-encoder-only", lambda env: env.trainer(model=_bert(), layer=0), ModelStructureError,
-        ("BertForMaskedLM", "can_generate() is False")),
-    Bad("model-without-layers", lambda env: env.trainer(model=_NoLayers(), layer=0), ModelStructureError,
-        ("_NoLayers", "decoder layers")),
+    Bad(
+        "model-encoder-decoder",
+        lambda env: env.trainer(model=_t5(), layer=0),
+        ModelStructureError,
+        ("T5ForConditionalGeneration", "is_encoder_decoder=True"),
+    ),
+    Bad(
+        "model-encoder-only",
+        lambda env: env.trainer(model=_bert(), layer=0),
+        ModelStructureError,
+        ("BertForMaskedLM", "can_generate() is False"),
+    ),
+    Bad(
+        "model-without-layers",
+        lambda env: env.trainer(model=_NoLayers(), layer=0),
+        ModelStructureError,
+        ("_NoLayers", "decoder layers"),
+    ),
     # ---- CLI options and data files
-    Bad("cli-mi-samples-too-few", _cli(lambda tmp, data: ["mi", "--model", str(tmp), "--forget", str(data),
-                                                          "--retain", str(data), "--samples", "2", "-q"]),
-        SystemExit, ("exit 2", "--samples", "got 2")),
-    Bad("cli-mi-data-file-missing", _cli(lambda tmp, data: ["mi", "--model", str(tmp), "--forget", str(tmp / "nope.jsonl"),
-                                                            "--retain", str(data), "-q"]),
-        SystemExit, ("exit 2", "nope.jsonl")),
-    Bad("cli-mi-estimator-unknown", _cli(lambda tmp, data: ["mi", "--model", str(tmp), "--forget", str(data),
-                                                            "--retain", str(data), "--estimator", "knn", "-q"]),
-        SystemExit, ("exit 2", "mi.estimator", "'knn'")),
-    Bad("data-file-record-without-fields", _malformed_data_file, ValueError, ("bad.jsonl", "'question' and 'answer'")),
+    Bad(
+        "cli-mi-samples-too-few",
+        _cli(
+            lambda tmp, data: [
+                "mi",
+                "--model",
+                str(tmp),
+                "--forget",
+                str(data),
+                "--retain",
+                str(data),
+                "--samples",
+                "2",
+                "-q",
+            ]
+        ),
+        SystemExit,
+        ("exit 2", "--samples", "got 2"),
+    ),
+    Bad(
+        "cli-mi-data-file-missing",
+        _cli(
+            lambda tmp, data: [
+                "mi",
+                "--model",
+                str(tmp),
+                "--forget",
+                str(tmp / "nope.jsonl"),
+                "--retain",
+                str(data),
+                "-q",
+            ]
+        ),
+        SystemExit,
+        ("exit 2", "nope.jsonl"),
+    ),
+    Bad(
+        "cli-mi-estimator-unknown",
+        _cli(
+            lambda tmp, data: [
+                "mi",
+                "--model",
+                str(tmp),
+                "--forget",
+                str(data),
+                "--retain",
+                str(data),
+                "--estimator",
+                "knn",
+                "-q",
+            ]
+        ),
+        SystemExit,
+        ("exit 2", "mi.estimator", "'knn'"),
+    ),
+    Bad(
+        "data-file-record-without-fields",
+        _malformed_data_file,
+        ValueError,
+        ("bad.jsonl", "'question' and 'answer'"),
+    ),
 ]
 
 
@@ -305,22 +552,42 @@ class _Poison(TrainerCallback):
 
 
 @pytest.mark.parametrize(("where", "value"), [("frozen", float("nan")), ("embedding", float("inf"))])
-def test_non_finite_loss_stops_before_the_optimizer_step_with_the_step_number(tmp_path: Path, where: str,
-                                                                               value: float) -> None:
+def test_non_finite_loss_stops_before_the_optimizer_step_with_the_step_number(
+    tmp_path: Path, where: str, value: float
+) -> None:
     env = Env(tmp_path)
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=6,
-                             learning_rate=1e-3, report_to=[], save_strategy="steps", save_steps=1, use_cpu=True,
-                             disable_tqdm=True, seed=0)
-    trainer = FALCON(model=env.model(), train_dataset=env.dataset(), data_collator=ForgetRetainCollator(0), args=args,
-                     layer=2)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        max_steps=6,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="steps",
+        save_steps=1,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = FALCON(
+        model=env.model(),
+        train_dataset=env.dataset(),
+        data_collator=ForgetRetainCollator(0),
+        args=args,
+        layer=2,
+    )
     trainer.add_callback(_Poison(trainer, at=2, where=where, value=value))
-    names = ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight",
-             "model.layers.2.mlp.down_proj.weight"]
+    names = [
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.layers.2.mlp.down_proj.weight",
+    ]
     with pytest.raises(NonFiniteLossError, match=re.escape("training step 3 (after 2 optimizer steps)")):
         trainer.train()
     assert trainer.state.global_step == 2
     params = dict(trainer.model.named_parameters())
-    assert all(bool(torch.isfinite(params[n]).all()) for n in names), "a non-finite update reached the weights"
+    assert all(bool(torch.isfinite(params[n]).all()) for n in names), (
+        "a non-finite update reached the weights"
+    )
     checkpoints = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]
     from safetensors.torch import load_file
@@ -362,10 +629,24 @@ def test_a_run_writes_only_inside_its_output_dir(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(cwd)
     env = Env(tmp_path)
     out = tmp_path / "out"
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=2, max_steps=2, report_to=[],
-                             save_strategy="steps", save_steps=2, use_cpu=True, disable_tqdm=True)
-    FALCON(model=env.model(), train_dataset=env.dataset(), data_collator=ForgetRetainCollator(0), args=args,
-           layer="auto", mi={"samples": 8}).train()
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        report_to=[],
+        save_strategy="steps",
+        save_steps=2,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    FALCON(
+        model=env.model(),
+        train_dataset=env.dataset(),
+        data_collator=ForgetRetainCollator(0),
+        args=args,
+        layer="auto",
+        mi={"samples": 8},
+    ).train()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "out"]
     assert list(cwd.iterdir()) == []
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}

@@ -8,6 +8,7 @@ We keep the runs with model_utility >= 0.95 x target's and take the highest forg
 of a method keeps that utility, its highest-forget_quality run is shown and flagged.
 Usage: report.py WORK OUT
 """
+
 import csv
 import glob
 import io
@@ -18,6 +19,9 @@ import sys
 
 import matplotlib
 import matplotlib.pyplot as plt
+
+from falcon_plugin.tools.common.pareto import pareto_front
+from falcon_plugin.tools.common.tables import markdown_table
 
 work, out = sys.argv[1], sys.argv[2]
 KEYS = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE"]
@@ -49,21 +53,31 @@ for d in sorted(glob.glob(os.path.join(udir, "*"))):
     s = load(os.path.join(d, "TOFU_SUMMARY.json")) if done else None
     partial = False
     if s is None:  # unfinished run: the metrics its in-training eval got to (marked partial)
-        cands = glob.glob(os.path.join(d, "checkpoint-*", "evals", "TOFU_SUMMARY.json")) + \
-            glob.glob(os.path.join(d, "evals.tmp", "TOFU_SUMMARY.json"))
+        cands = glob.glob(os.path.join(d, "checkpoint-*", "evals", "TOFU_SUMMARY.json")) + glob.glob(
+            os.path.join(d, "evals.tmp", "TOFU_SUMMARY.json")
+        )
         s = max((load(c) or {} for c in cands), key=len, default=None)  # the furthest-along eval
         partial = True
     if not s:
         continue
     name = name[:-4] if name.endswith(".tmp") else name
     method, lr = name.rsplit("_lr", 1)
-    r = {"method": method + (" (partial)" if partial else ""), "lr": float(lr), "run": name, "partial": partial,
-         **{k: s.get(k) for k in KEYS}}
+    r = {
+        "method": method + (" (partial)" if partial else ""),
+        "lr": float(lr),
+        "run": name,
+        "partial": partial,
+        **{k: s.get(k) for k in KEYS},
+    }
     r["seconds"] = load(os.path.join(d, "seconds"))
     rl = load(os.path.join(d, "relearn.json")) or load(os.path.join(work, f"relearn_{name}.json"))
     if rl:
-        r.update(relearn_prob_before=rl["before"]["prob"], relearn_prob_after=rl["after"]["prob"],
-                 relearn_rouge_before=rl["before"]["rougeL_recall"], relearn_rouge_after=rl["after"]["rougeL_recall"])
+        r.update(
+            relearn_prob_before=rl["before"]["prob"],
+            relearn_prob_after=rl["after"]["prob"],
+            relearn_rouge_before=rl["before"]["rougeL_recall"],
+            relearn_rouge_after=rl["after"]["rougeL_recall"],
+        )
     runs.append(r)
 
 mu_t = (refs["target"] or {}).get("model_utility")
@@ -76,12 +90,20 @@ for r in runs:
     ok = [x for x in cand if x["keeps_utility"]] or cand
     best[r["method"]] = max(ok, key=lambda x: (x["forget_quality"] or 0, x["model_utility"] or 0))
 full = [r for r in runs if r["forget_quality"] is not None and r["model_utility"] is not None]
+on_front = pareto_front([(r["forget_quality"], r["model_utility"]) for r in full])
+front_ids = {id(r) for r, on in zip(full, on_front, strict=True) if on}
 for r in runs:
     r["selected"] = best[r["method"]] is r
-    r["pareto"] = r in full and not any(
-        (o["forget_quality"] >= r["forget_quality"] and o["model_utility"] >= r["model_utility"]
-         and (o["forget_quality"] > r["forget_quality"] or o["model_utility"] > r["model_utility"]))
-        for o in full if o is not r)
+    r["pareto"] = id(r) in front_ids
+
+
+def table(columns, rows):
+    """Markdown lines of a table of pre-formatted cells (the package's one table writer)."""
+    return markdown_table(columns, rows, align_numbers=False).rstrip("\n")
+
+
+def cells(r):
+    return [f(r.get(c)) if c != "pareto" else ("yes" if r[c] else "no") for c in cols]
 
 
 def f(x, nd=3):
@@ -92,35 +114,69 @@ def f(x, nd=3):
     return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
-cols = ["method", "lr", "forget_quality", "model_utility", "mu_ratio", "forget_truth_ratio", "forget_Q_A_Prob",
-        "forget_Q_A_ROUGE", "relearn_prob_before", "relearn_prob_after", "relearn_rouge_before",
-        "relearn_rouge_after", "pareto", "seconds"]
-md = ["# TOFU (subset) leaderboard: FALCON vs open-unlearning baselines", "",
-      "Measured by `benchmarks/tofu_quality.sh` (setup, scale and caveats: [README.md](README.md)).", ""]
-md += ["## Reference models", "", "| model | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
-for k, s in refs.items():
-    if s:
-        md.append(f"| {k} | " + " | ".join(f(s.get(x)) for x in KEYS) + " |")
+cols = [
+    "method",
+    "lr",
+    "forget_quality",
+    "model_utility",
+    "mu_ratio",
+    "forget_truth_ratio",
+    "forget_Q_A_Prob",
+    "forget_Q_A_ROUGE",
+    "relearn_prob_before",
+    "relearn_prob_after",
+    "relearn_rouge_before",
+    "relearn_rouge_after",
+    "pareto",
+    "seconds",
+]
+md = [
+    "# TOFU (subset) leaderboard: FALCON vs open-unlearning baselines",
+    "",
+    "Measured by `benchmarks/tofu_quality.sh` (setup, scale and caveats: [README.md](README.md)).",
+    "",
+]
+md += [
+    "## Reference models",
+    "",
+    table(["model", *KEYS], [[k, *(f(s.get(x)) for x in KEYS)] for k, s in refs.items() if s]),
+]
 for k, p in probes.items():
     if p:
-        md.append(f"\nProbe `{k}` (forget set, relearn.py): answer prob {f(p['forget01']['prob'])}, ROUGE-L recall {f(p['forget01']['rougeL_recall'])}")
-md += ["", "## Best run per method", "",
-       "Selection: highest forget_quality among the lr sweep's runs with model_utility >= 0.95 x target's "
-       "(flag `!` = no run kept that utility; its highest-forget_quality run is shown).", "",
-       "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md.append(
+            f"\nProbe `{k}` (forget set, relearn.py): answer prob {f(p['forget01']['prob'])}, "
+            f"ROUGE-L recall {f(p['forget01']['rougeL_recall'])}"
+        )
+md += [
+    "",
+    "## Best run per method",
+    "",
+    "Selection: highest forget_quality among the lr sweep's runs with model_utility >= 0.95 x target's "
+    "(flag `!` = no run kept that utility; its highest-forget_quality run is shown).",
+    "",
+]
+best_rows = []
 for _method, r in sorted(best.items(), key=lambda kv: -(kv[1]["forget_quality"] or 0)):
-    row = [f(r.get(c)) if c != "pareto" else ("yes" if r[c] else "no") for c in cols]
+    row = cells(r)
     if not r["keeps_utility"]:
         row[0] += " !"
-    md.append("| " + " | ".join(row) + " |")
-md += ["", "## All runs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-for r in sorted(runs, key=lambda r: (r["method"], r["lr"])):
-    md.append("| " + " | ".join(f(r.get(c)) if c != "pareto" else ("yes" if r[c] else "no") for c in cols) + " |")
-md += ["", "Columns: forget_quality / model_utility / forget_truth_ratio / forget_Q_A_Prob / forget_Q_A_ROUGE = the host's "
-       "TOFU evaluator (`TOFU_SUMMARY.json`); mu_ratio = model_utility / target's; relearn_* = relearning attack "
-       "(`relearn.py`: fine-tune on half of the forget set, measure answer probability and ROUGE-L recall on the other "
-       "half, before -> after); pareto = not dominated on (forget_quality, model_utility) by another run; seconds = "
-       "wall time of the host run (unlearning + its final eval) on the shared CPU."]
+    best_rows.append(row)
+md += [
+    table(cols, best_rows),
+    "",
+    "## All runs",
+    "",
+    table(cols, [cells(r) for r in sorted(runs, key=lambda r: (r["method"], r["lr"]))]),
+]
+md += [
+    "",
+    "Columns: forget_quality / model_utility / forget_truth_ratio / forget_Q_A_Prob / forget_Q_A_ROUGE = "
+    "the host's TOFU evaluator (`TOFU_SUMMARY.json`); mu_ratio = model_utility / target's; relearn_* = "
+    "relearning attack (`relearn.py`: fine-tune on half of the forget set, measure answer probability and "
+    "ROUGE-L recall on the other half, before -> after); pareto = not dominated on (forget_quality, "
+    "model_utility) by another run; seconds = wall time of the host run (unlearning + its final eval) on the "
+    "shared CPU.",
+]
 os.makedirs(out, exist_ok=True)
 atomic(os.path.join(out, "tofu_leaderboard.md"), "\n".join(md) + "\n")
 buf = io.StringIO()
@@ -129,9 +185,20 @@ w.writeheader()
 for r in runs:
     w.writerow(r)
 atomic(os.path.join(out, "tofu_leaderboard.csv"), buf.getvalue())
-atomic(os.path.join(out, "tofu_leaderboard.json"), json.dumps({"references": refs, "probes": {
-    k: (p and {"prob": p["forget01"]["prob"], "rougeL_recall": p["forget01"]["rougeL_recall"]}) for k, p in probes.items()},
-    "runs": runs}, indent=1))
+atomic(
+    os.path.join(out, "tofu_leaderboard.json"),
+    json.dumps(
+        {
+            "references": refs,
+            "probes": {
+                k: (p and {"prob": p["forget01"]["prob"], "rougeL_recall": p["forget01"]["rougeL_recall"]})
+                for k, p in probes.items()
+            },
+            "runs": runs,
+        },
+        indent=1,
+    ),
+)
 
 matplotlib.use("Agg")
 
@@ -140,22 +207,50 @@ colors = {}
 for r in full:
     c = colors.setdefault(r["method"], f"C{len(colors)}")
     y = math.log10(max(r["forget_quality"], 1e-30))
-    ax.scatter(r["model_utility"], y, color=c, s=80 if r["selected"] else 25, marker="o" if r["selected"] else "x",
-               label=r["method"] if r["selected"] else None, zorder=3)
-    ax.annotate(f"{r['lr']:.0e}", (r["model_utility"], y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.scatter(
+        r["model_utility"],
+        y,
+        color=c,
+        s=80 if r["selected"] else 25,
+        marker="o" if r["selected"] else "x",
+        label=r["method"] if r["selected"] else None,
+        zorder=3,
+    )
+    ax.annotate(
+        f"{r['lr']:.0e}", (r["model_utility"], y), fontsize=6, xytext=(3, 3), textcoords="offset points"
+    )
 front = sorted([r for r in runs if r["pareto"]], key=lambda r: r["model_utility"])
 if front:
-    ax.plot([r["model_utility"] for r in front], [math.log10(max(r["forget_quality"], 1e-30)) for r in front],
-            "k--", lw=0.8, label="Pareto front")
+    ax.plot(
+        [r["model_utility"] for r in front],
+        [math.log10(max(r["forget_quality"], 1e-30)) for r in front],
+        "k--",
+        lw=0.8,
+        label="Pareto front",
+    )
 for k, mk in (("target", "s"), ("retain", "*")):
     s = refs[k]
     if s and s.get("forget_quality") is not None:
-        ax.scatter(s["model_utility"], math.log10(max(s["forget_quality"], 1e-30)), marker=mk, color="k", s=90, label=k)
+        ax.scatter(
+            s["model_utility"],
+            math.log10(max(s["forget_quality"], 1e-30)),
+            marker=mk,
+            color="k",
+            s=90,
+            label=k,
+        )
     elif s and k == "retain":
         ax.axvline(s["model_utility"], color="grey", lw=0.6, ls=":", label="retain model utility")
 if not full:
-    ax.text(0.5, 0.5, "no unlearning run finished its host evaluation\n(see README.md)", ha="center",
-            va="center", transform=ax.transAxes, fontsize=9)
+    ax.text(
+        0.5,
+        0.5,
+        "no unlearning run finished its host evaluation\n(see README.md)",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=9,
+    )
 if mu_t:
     ax.axvline(0.95 * mu_t, color="red", lw=0.6, ls=":", label="0.95 x target utility")
     ax.axvline(mu_t, color="k", lw=0.6, ls="-.", label="target utility")

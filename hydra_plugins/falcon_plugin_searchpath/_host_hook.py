@@ -50,7 +50,9 @@ def register_host(module: ModuleType) -> None:
 
         register_with_host(module)
     except Exception:  # the host must keep working with its own trainers
-        logger.warning("falcon-unlearning: could not register trainers into %s", module.__name__, exc_info=True)
+        logger.warning(
+            "falcon-unlearning: could not register trainers into %s", module.__name__, exc_info=True
+        )
 
 
 class _RegisteringLoader:

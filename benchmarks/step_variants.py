@@ -28,7 +28,7 @@ from torch import nn
 
 from benchmarks.datasets import BenchData, split_rows, to_device
 from benchmarks.forward import decoder_layers, forward_to_layer, forward_with_cache
-from falcon_plugin.config import FalconConfig, default_trainable_regex
+from falcon_plugin.config import OFFICIAL_TRAINABLE_MODULES, FalconConfig, default_trainable_regex
 from falcon_plugin.masks import IGNORE_INDEX
 
 VARIANTS = ("ours", "official", "rmu", "floor")
@@ -47,10 +47,13 @@ RMU_STEERING_COEFF = 20.0
 
 
 def trainable_names(model: nn.Module, layer: int) -> list[str]:
-    """The benchmark's trainable tensors: FALCON's default (MLP down-projections of layers l*-2..l*)."""
+    """The benchmark's trainable tensors: the official code's (MLP down-projections of layers l*-2..l*).
+
+    Every variant, FALCON's included, trains these, so the step costs compare like with like.
+    """
     from falcon_plugin.activations import find_decoder_layers
 
-    patterns = default_trainable_regex(layer, find_decoder_layers(model)[0])
+    patterns = default_trainable_regex(layer, find_decoder_layers(model)[0], OFFICIAL_TRAINABLE_MODULES)
     return [name for name, _ in model.named_parameters() if any(re.fullmatch(p, name) for p in patterns)]
 
 
@@ -90,8 +93,8 @@ class OursStep(StepVariant):
             disable_tqdm=True,
         )
         self.trainer = FALCON(
-            model=model, args=args, train_dataset=dataset, layer=layer
-        )  # default: down_proj l*-2..l*
+            model=model, args=args, train_dataset=dataset, layer=layer, trainable_modules=OFFICIAL_TRAINABLE_MODULES
+        )
         self.trainer._setup(None)  # what train() runs first: trainable flags, frozen copies, POV
         state = self.trainer.falcon_state
         assert state is not None

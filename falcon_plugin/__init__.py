@@ -24,6 +24,7 @@ _LAZY = {
     "ModelStructureError": "falcon_plugin.errors",
     "EmptyMaskError": "falcon_plugin.errors",
     "NonFiniteLossError": "falcon_plugin.errors",
+    "SeparabilityInputError": "falcon_plugin.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

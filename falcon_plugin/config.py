@@ -13,7 +13,10 @@ is the one rule for unknown names, in standalone and host use alike.
 Defaults follow the paper (arXiv 2502.01472) and its official code (github CharlesJW222/FALCON):
 temperature 0.7, steering coefficient 20, retain weight (alpha) 100, conflict weights (0.8, 1.2),
 align weights (0.1, 1.9), per-tensor projection, MLP down-projections of layers l*-2..l* trainable,
-MI on 200 samples with PCA keeping 95% of the variance and a Gaussian KDE.
+MI on 200 samples with PCA keeping 95% of the variance and a Gaussian KDE (``mi.criterion: paper``).
+Step 1's default criterion is not the paper's: ``separability`` (:mod:`falcon_plugin.separability`,
+docs/mi.md "Criteria") replaces the paired I(F;R), whose estimate on independent forget and retain
+samples is the estimator's dimension-dependent bias.
 """
 
 from __future__ import annotations
@@ -30,14 +33,22 @@ from .errors import FalconConfigError, FalconDataError
 logger = logging.getLogger(__name__)
 
 PROJECTIONS = ("per_tensor", "global", "none")
+CRITERIA = ("separability", "paper")
+"""Step-1 criteria (``mi.criterion``): held-out I(H;D), argmax (default), or the paper's I(F;R), argmin."""
 ESTIMATORS = ("kde", "gaussian", "kde_resubstitution")
 POOLINGS = ("last", "mean")
 MIN_MI_SAMPLES = 8
-"""Fewest samples per set Step 1 accepts (PCA keeps at most n/2 components; a KDE needs a few samples
-per dimension). ``MIConfig.samples`` is checked against it, :func:`check_mi_sample_count` checks the
-samples actually available."""
+"""Fewest samples per set Step 1 accepts whatever the criterion (PCA keeps at most n/2 components; a KDE
+needs a few samples per dimension); ``separability`` also needs ``mi.probe_folds`` per set
+(:func:`min_mi_samples`). ``MIConfig.samples`` is checked against it, :func:`check_mi_sample_count`
+checks the samples actually available."""
 DEFAULT_TRAINABLE_BELOW = 2
 """The default trainable tensors span layers l*-2..l* (the official code's choice)."""
+TRAINABLE_MODULES = {"mlp": r"mlp\.[^.]+\.weight", "down_proj": r"mlp\.down_proj\.weight"}
+"""Which weights of layers l*-2..l* train by default: every MLP projection (``mlp``: gate, up and down
+in Llama-family models) or the official code's MLP down-projections only (``down_proj``)."""
+OFFICIAL_TRAINABLE_MODULES = "down_proj"
+"""The official code's choice (and RMU's): the MLP down-projections."""
 
 
 def default_trainable_layers(layer: int) -> range:
@@ -45,21 +56,46 @@ def default_trainable_layers(layer: int) -> range:
     return range(max(0, layer - DEFAULT_TRAINABLE_BELOW), layer + 1)
 
 
-def default_trainable_regex(layer: int, layers_path: str = "model.layers") -> tuple[str, ...]:
-    """The official choice of trainable tensors: the MLP down-projections of layers l*-2..l*.
+def default_trainable_regex(
+    layer: int, layers_path: str = "model.layers", modules: str = "mlp"
+) -> tuple[str, ...]:
+    """The default trainable tensors: the ``modules`` weights (:data:`TRAINABLE_MODULES`) of layers l*-2..l*.
 
     ``layers_path`` is the dotted name of the model's decoder layers (``model.layers`` for Llama,
     Mistral, Qwen; what :func:`falcon_plugin.activations.find_decoder_layers` returns).
     """
+    if modules not in TRAINABLE_MODULES:
+        raise _bad("trainable_modules", modules, f"one of {', '.join(TRAINABLE_MODULES)}")
     layers = "|".join(str(i) for i in default_trainable_layers(layer))
-    return (rf"{re.escape(layers_path)}\.({layers})\.mlp\.down_proj\.weight",)
+    return (rf"{re.escape(layers_path)}\.({layers})\.{TRAINABLE_MODULES[modules]}",)
 
 
-def check_mi_sample_count(count: int, what: str) -> None:
-    """Raise :class:`FalconConfigError` when ``what`` (a sample set for Step 1) has < MIN_MI_SAMPLES items."""
-    if count < MIN_MI_SAMPLES:
+def min_mi_samples(config: MIConfig | None = None) -> int:
+    """Fewest samples per set Step 1 accepts under ``config``'s criterion (default: ``MIConfig()``).
+
+    :data:`MIN_MI_SAMPLES` for every criterion; with ``separability`` also ``mi.probe_folds``, since
+    every set is split into that many stratified folds (what
+    :func:`falcon_plugin.separability.check_sample_counts` requires).
+    """
+    config = config or MIConfig()
+    if config.criterion == "separability":
+        return max(MIN_MI_SAMPLES, config.probe_folds)
+    return MIN_MI_SAMPLES
+
+
+def check_mi_sample_count(count: int, what: str, config: MIConfig | None = None) -> None:
+    """Raise :class:`FalconConfigError` when ``what`` (a sample set for Step 1) has fewer samples than
+    ``config``'s criterion needs (:func:`min_mi_samples`); cheap, so it runs before any forward pass."""
+    config = config or MIConfig()
+    minimum = min_mi_samples(config)
+    if count < minimum:
+        why = (
+            f" (criterion separability, mi.probe_folds={config.probe_folds})"
+            if config.criterion == "separability" and minimum > MIN_MI_SAMPLES
+            else ""
+        )
         raise FalconConfigError(
-            f"FALCON: {what} has {count} samples; MI layer selection (Step 1) needs >= {MIN_MI_SAMPLES}"
+            f"FALCON: {what} has {count} samples; MI layer selection (Step 1) needs >= {minimum}{why}"
         )
 
 
@@ -112,15 +148,27 @@ def _option(default: Any = None, help: str = "", *, factory: Any = None, choices
 
 @dataclass(frozen=True)
 class MIConfig:
-    """Step 1 settings: how activations are sampled and how I(F;R) is estimated per layer (paper Eq. 2-4)."""
+    """Step 1 settings: how activations are sampled, which criterion scores each layer and how.
 
+    ``criterion`` picks l*; the other criterion is scored too (from the same activations, for the
+    report). ``pca_variance`` and ``estimator`` are the paper's I(F;R) (Eq. 2-4), ``probe_folds`` the
+    separability estimate; ``samples``, ``eta``, ``pooling``, ``batch_size`` and ``min_layer`` apply to both.
+    """
+
+    criterion: str = _option(
+        "separability",
+        "Step-1 criterion that picks l*: `separability` (held-out I(H;D) of a layer's activation and the "
+        "set it came from, argmax) or `paper` (the paper's paired I(F;R), argmin; on independent forget and "
+        "retain samples it favours shallow layers) — both are reported, see [docs/mi.md](docs/mi.md)",
+        choices=CRITERIA,
+    )
     samples: int = _option(
         200, "forget and retain samples drawn (seeded by `args.seed`) from the train dataset"
     )
-    pca_variance: float = _option(0.95, "variance fraction PCA keeps, in (0, 1]")
+    pca_variance: float = _option(0.95, "variance fraction PCA keeps, in (0, 1] (criterion `paper`)")
     estimator: str = _option(
         "kde",
-        "`kde` (leave-one-out), `kde_resubstitution` (the official code's), `gaussian` — "
+        "`kde` (leave-one-out), `kde_resubstitution` (the official code's), `gaussian` (criterion `paper`) — "
         "see [docs/mi.md](docs/mi.md)",
         choices=ESTIMATORS,
     )
@@ -131,9 +179,21 @@ class MIConfig:
         choices=POOLINGS,
     )
     batch_size: int = _option(16, "samples per forward pass while capturing")
+    probe_folds: int = _option(
+        5, "held-out folds of the separability probe (criterion `separability`; every set needs >= this many)"
+    )
+    min_layer: int = _option(
+        0, "shallowest decoder layer Step 1 may choose (both criteria; e.g. to skip surface-token layers)"
+    )
 
     def __post_init__(self) -> None:
-        _integer("mi.samples", self.samples, MIN_MI_SAMPLES)
+        _choice("mi.criterion", self.criterion, CRITERIA)
+        _integer("mi.probe_folds", self.probe_folds, 2)
+        minimum = min_mi_samples(self)
+        if not isinstance(self.samples, bool) and isinstance(self.samples, int) and self.samples < minimum:
+            folds = f" (mi.probe_folds={self.probe_folds} held-out folds)" if minimum > MIN_MI_SAMPLES else ""
+            raise _bad("mi.samples", self.samples, f"an integer >= {minimum}{folds}")
+        _integer("mi.samples", self.samples, minimum)
         pca = _number("mi.pca_variance", self.pca_variance)
         if not 0.0 < pca <= 1.0:
             raise _bad("mi.pca_variance", self.pca_variance, "a fraction in (0, 1]")
@@ -141,6 +201,7 @@ class MIConfig:
         _number("mi.eta", self.eta, non_negative=True)
         _choice("mi.pooling", self.pooling, POOLINGS)
         _integer("mi.batch_size", self.batch_size, 1)
+        _integer("mi.min_layer", self.min_layer, 0)
 
     @classmethod
     def from_value(cls, value: MIConfig | Mapping[str, Any] | None) -> MIConfig:
@@ -174,8 +235,14 @@ class FalconConfig:
     )
     trainable_params_regex: tuple[str, ...] | None = _option(
         None,
-        "list of regexes (`re.fullmatch` on parameter names); `null` = "
-        "`model.layers.(l*-2..l*).mlp.down_proj.weight`. Must match only tensors of decoder layers ≤ l*",
+        "list of regexes (`re.fullmatch` on parameter names); `null` = the `trainable_modules` weights of "
+        "decoder layers l*-2..l*. Must match only tensors of decoder layers ≤ l*",
+    )
+    trainable_modules: str = _option(
+        "mlp",
+        "default trainable tensors of layers l*-2..l* when `trainable_params_regex` is null: `mlp` (every MLP "
+        "weight; unlearns a real LM, docs/real_lm.md) or `down_proj` (the official code's)",
+        choices=tuple(TRAINABLE_MODULES),
     )
     temperature: float = _option(0.7, "InfoNCE temperature τ (official code)")
     steering_coeff: float = _option(
@@ -185,7 +252,9 @@ class FalconConfig:
     pov_rank: int = _option(8, "K, number of principal directions")
     pov_weight: float = _option(1.0, "w; 1 removes r's component in the principal subspace")
     pov_noise: float = _option(0.01, "ε, noise standard deviation before tanh (official code's 0.01)")
-    retain_weight: float = _option(100.0, "multiplier of the retain loss (official `alpha`)")
+    retain_weight: float = _option(
+        10.0, "multiplier of the retain loss (the official `alpha` is 100; 10 measured in docs/real_lm.md)"
+    )
     conflict_weights: tuple[float, float] = _option((0.8, 1.2), "(α, β) when cos(g_F, g_R) < 0 (official)")
     align_weights: tuple[float, float] = _option((0.1, 1.9), "(α, β) otherwise (official)")
     projection: str = _option(
@@ -235,6 +304,7 @@ class FalconConfig:
         object.__setattr__(self, "conflict_weights", _weight_pair("conflict_weights", self.conflict_weights))
         object.__setattr__(self, "align_weights", _weight_pair("align_weights", self.align_weights))
         _choice("projection", self.projection, PROJECTIONS)
+        _choice("trainable_modules", self.trainable_modules, tuple(TRAINABLE_MODULES))
         object.__setattr__(self, "mi", MIConfig.from_value(self.mi))
 
     @classmethod
@@ -308,6 +378,7 @@ def method_args_docs() -> list[tuple[str, Any, str, tuple[str, ...]]]:
 
 __all__ = [
     "DEFAULT_TRAINABLE_BELOW",
+    "CRITERIA",
     "ESTIMATORS",
     "MIN_MI_SAMPLES",
     "POOLINGS",
@@ -319,6 +390,9 @@ __all__ = [
     "check_mi_sample_count",
     "default_trainable_layers",
     "default_trainable_regex",
+    "OFFICIAL_TRAINABLE_MODULES",
+    "TRAINABLE_MODULES",
     "method_args_docs",
+    "min_mi_samples",
     "split_method_args",
 ]

@@ -36,6 +36,11 @@ class NonFiniteLossError(FalconError, FloatingPointError):
     """A FALCON loss or gradient became NaN/inf: the run stops before the optimizer step."""
 
 
+class SeparabilityInputError(FalconError, ValueError):
+    """Bad input for the ``separability`` Step-1 criterion (too few samples for the held-out split, an
+    empty set, mismatched layers or dimensions, a bad setting); the message names the value."""
+
+
 __all__ = [
     "EmptyMaskError",
     "FalconConfigError",
@@ -43,4 +48,5 @@ __all__ = [
     "FalconError",
     "ModelStructureError",
     "NonFiniteLossError",
+    "SeparabilityInputError",
 ]

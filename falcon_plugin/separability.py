@@ -60,18 +60,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from .errors import FalconError
+from .errors import SeparabilityInputError
 
 logger = logging.getLogger(__name__)
 
 CRITERION = "separability"
 """The name this criterion goes by (``mi.criterion``); the paper's I(F;R) is ``paper``."""
-
-
-# To move into falcon_plugin/errors.py (beside FalconConfigError) when the criterion is wired into MIConfig.
-class SeparabilityInputError(FalconError, ValueError):
-    """Bad input for the separability criterion (too few samples for the held-out split, an empty set,
-    mismatched layers or dimensions, a bad setting); the message names the value."""
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 Runs once, before the Trainer's loop (:meth:`falcon_plugin.trainer.FalconMixin.train`), and returns
 the :class:`~falcon_plugin.state.FalconState` the step reads:
 
-1. l*: the configured layer, or Step 1's argmin of I(F;R) over the decoder layers
-   (:func:`falcon_plugin.report.run_mi_selection`; rank 0's choice on every rank, report written
-   into the output dir);
+1. l*: the configured layer, or Step 1's pick over the decoder layers under ``mi.criterion``
+   (``separability``: argmax of held-out I(H;D); ``paper``: argmin of I(F;R), Eq. 2-4;
+   :func:`falcon_plugin.report.run_mi_selection`, which scores both; rank 0's choice on every rank,
+   report written into the output dir);
 2. the trainable tensors (default: MLP down-projections of l*-2..l*) get ``requires_grad``, every
    other parameter is frozen, and a detached copy of each is kept: the frozen reference model;
 3. the principal offset vector H+ from the frozen forget activations at l* (Step 2.1a,
@@ -96,13 +97,17 @@ def _prepare(ctx: SetupContext, trainable: Sequence[str] | None, checkpoint: str
     if cfg.layer == "auto":
         report = select_layer(ctx)
         layer = report.chosen_layer
-        names = resolve_trainable(model, layers_path, layer, cfg.trainable_params_regex)
+        names = resolve_trainable(
+            model, layers_path, layer, cfg.trainable_params_regex, cfg.trainable_modules
+        )
     else:
         layer = int(cfg.layer)
         names = (
             list(trainable)
             if trainable is not None
-            else resolve_trainable(model, layers_path, layer, cfg.trainable_params_regex)
+            else resolve_trainable(
+                model, layers_path, layer, cfg.trainable_params_regex, cfg.trainable_modules
+            )
         )
     apply_trainable(model, names)
     params = dict(model.named_parameters())
@@ -148,7 +153,8 @@ def sample_parts(ctx: SetupContext, part: str, count: int, seed_offset: int) -> 
 
 
 def select_layer(ctx: SetupContext) -> MIReport:
-    """Step 1 on seeded samples of the train set; rank 0's l* on every rank; the report saved by rank 0."""
+    """Step 1 (``mi.criterion``) on seeded samples of the train set; rank 0's l* on every rank; the report
+    (both criteria's scores) saved by rank 0."""
     mi = ctx.config.mi
     forget = sample_parts(ctx, "forget", mi.samples, SEED_OFFSETS["mi_forget"])
     retain = sample_parts(ctx, "retain", mi.samples, SEED_OFFSETS["mi_retain"])

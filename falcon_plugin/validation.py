@@ -73,24 +73,34 @@ def validate_against_model(
                 )
     trainable = None
     if isinstance(config.layer, int):
-        trainable = resolve_trainable(model, path, config.layer, config.trainable_params_regex)
+        trainable = resolve_trainable(
+            model, path, config.layer, config.trainable_params_regex, config.trainable_modules
+        )
     elif config.trainable_params_regex is not None:  # 'auto': l* is not known yet, the decoder layers are
-        resolve_trainable(model, path, len(layers) - 1, config.trainable_params_regex)
+        resolve_trainable(
+            model, path, len(layers) - 1, config.trainable_params_regex, config.trainable_modules
+        )
+    if config.layer == "auto" and config.mi.min_layer >= len(layers):
+        raise FalconConfigError(
+            f"FALCON method_args: invalid mi.min_layer={config.mi.min_layer!r}; the model has {len(layers)} "
+            f"decoder layers (valid: 0..{len(layers) - 1})"
+        )
     if dataset is not None and config.layer == "auto":
-        check_mi_sample_count(len(dataset), "layer='auto': the train dataset")
+        check_mi_sample_count(len(dataset), "layer='auto': the train dataset", config.mi)
     validate_train_data(model, dataset, pad_id)
     return trainable
 
 
 def resolve_trainable(
-    model: nn.Module, layers_path: str, layer: int, patterns: Sequence[str] | None
+    model: nn.Module, layers_path: str, layer: int, patterns: Sequence[str] | None, modules: str = "mlp"
 ) -> list[str]:
-    """Names of the tensors FALCON trains at l* = ``layer``: ``patterns`` (None: the default) matched.
+    """Names of the tensors FALCON trains at l* = ``layer``: ``patterns`` matched (None: the ``modules``
+    weights of layers l*-2..l*, :func:`falcon_plugin.config.default_trainable_regex`).
 
     Each must lie in a decoder layer <= l*: FALCON's losses live at l* and give layers above it, and
     tensors outside the decoder layers, no gradient.
     """
-    patterns = patterns or default_trainable_regex(layer)
+    patterns = patterns or default_trainable_regex(layer, layers_path, modules)
     matched = [n for n, _ in model.named_parameters() if any(re.fullmatch(p, n) for p in patterns)]
     if not matched:
         raise FalconConfigError(

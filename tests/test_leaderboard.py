@@ -165,10 +165,168 @@ def test_cli_leaderboard_bad_dirs(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no open-unlearning summaries or demo results found" in err and len(err.strip().splitlines()) == 1
 
 
-def test_real_host_run_if_present(tmp_path: Path) -> None:
-    """The real open-unlearning run another engineer produces (skipped when it is not there)."""
-    saves = Path("/work/scratch/open-unlearning/saves")
-    if not any(saves.glob("**/*_SUMMARY.json")):
-        pytest.skip("no real open-unlearning run at /work/scratch/open-unlearning/saves")
-    groups, text = build([saves], tmp_path / "real")
-    assert groups and all(rows for rows in groups.values())
+# ------------------------------------------------------------------------------ recovery-attack columns
+FALCON_TASK = f"tofu_{M1}_forget10_FALCON"
+
+
+def test_attack_columns_show(tmp_path: Path) -> None:
+    """saves/attacks/<task>/attacks.json (written elsewhere: its recorded model path is another
+    machine's) lands as before/after columns on the run of the same name, in Markdown, CSV and HTML."""
+    out = tmp_path / "board"
+    groups, text = build([SAVES], out)
+    rows = _by_task(groups["TOFU"])
+    falcon, rmu = rows[FALCON_TASK], rows[f"tofu_{M1}_forget10_RMU"]
+    assert falcon.attacks["relearn/forget_prob_before"] == 0.06
+    assert falcon.attacks["relearn/forget_prob_after"] == 0.09
+    assert (
+        rmu.attacks["relearn/forget_prob_after"] == 0.52
+        and "quantize-4bit/forget_prob_after" not in rmu.attacks
+    )
+    assert not rows[f"tofu_{M1}_forget10_NPO"].attacks
+    header = text.split("## TOFU", 1)[1].splitlines()[2]
+    shown = [c.strip() for c in header.strip("|").split("|")]
+    assert shown[-8:] == [
+        "relearn/forget_prob_before",
+        "relearn/forget_prob_after",
+        "relearn/forget_rougeL_recall_before",
+        "relearn/forget_rougeL_recall_after",
+        "quantize-4bit/forget_prob_before",
+        "quantize-4bit/forget_prob_after",
+        "quantize-4bit/forget_rougeL_recall_before",
+        "quantize-4bit/forget_rougeL_recall_after",
+    ]
+    falcon_line = next(line for line in text.splitlines() if f"| {FALCON_TASK} |" in line)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    assert cells(falcon_line)[-8:] == ["0.060", "0.090", "0.120", "0.150", "0.060", "0.070", "0.120", "0.130"]
+    rmu_line = next(line for line in text.splitlines() if f"| tofu_{M1}_forget10_RMU |" in line)
+    assert cells(rmu_line)[-8:] == ["0.210", "0.520", "0.300", "0.470", "", "", "", ""]  # no quantize on RMU
+    csv_header = (out / "tofu.csv").read_text().splitlines()[0].split(",")
+    assert "relearn/forget_prob_after" in csv_header and "relearn/forget_train_prob_after" in csv_header
+    assert "relearn/forget_train_prob_after" not in shown  # Markdown: the held-out part only
+    html = (out / "leaderboard.html").read_text()
+    assert "<th>relearn/forget_prob_after</th>" in html and "<td>0.520</td>" in html
+    saved = {r["task"]: r for r in json.loads((out / "leaderboard.json").read_text())["TOFU"]}
+    assert saved[FALCON_TASK]["attacks"]["quantize-4bit/forget_prob_after"] == 0.07
+
+
+def test_attacks_matched_by_the_model_folder_they_record(tmp_path: Path) -> None:
+    run = tmp_path / "saves" / "unlearn" / "my_falcon_run"
+    shutil.copytree(SAVES / "unlearn" / FALCON_TASK, run)
+    result = json.loads((SAVES / "attacks" / FALCON_TASK / "attacks.json").read_text())
+    result["model"] = str(run)
+    elsewhere = tmp_path / "elsewhere" / "x"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "attacks.json").write_text(json.dumps(result))
+    (row,) = [r for r in collect([tmp_path]) if r.benchmark == "TOFU"]
+    assert row.attacks["relearn/forget_prob_after"] == 0.09
+    assert row.attacks_source == str((elsewhere / "attacks.json").resolve())
+
+
+def test_unmatched_attack_result_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shutil.copytree(SAVES / "unlearn" / FALCON_TASK, tmp_path / "saves" / "unlearn" / FALCON_TASK)
+    result = json.loads((SAVES / "attacks" / FALCON_TASK / "attacks.json").read_text())
+    result["model"] = "/nowhere/some_other_model"
+    (tmp_path / "attacks.json").write_text(json.dumps(result))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "attacks.json").write_text('{"schema": "something else"}')
+    with caplog.at_level("WARNING"):
+        (row,) = [r for r in collect([tmp_path]) if r.benchmark == "TOFU"]
+    assert not row.attacks
+    assert "matches no run" in caplog.text and "/nowhere/some_other_model" in caplog.text
+    assert "not a falcon-unlearn attack result" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ the plot
+def _synthetic(n: int) -> list:
+    """``n`` unlearning runs (5 methods x learning rates) with the target and the retain model."""
+    import random
+
+    from falcon_plugin.tools.leaderboard.read import Row
+
+    rng = random.Random(n)
+    rows = [
+        Row(
+            "TOFU",
+            "Finetuned (target)",
+            "target",
+            M1,
+            "forget10",
+            "full",
+            "",
+            {"model_utility": 0.6, "forget_quality": 1e-21},
+        ),
+        Row("TOFU", "Retain (reference)", "retain", M1, "forget10", "retain90", "", {"model_utility": 0.59}),
+    ]
+    methods, lrs = ["FALCON", "RMU", "NPO", "SimNPO", "GradDiff"], [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4]
+    for k in range(n):
+        method, lr = methods[k % 5] if n > 5 else "NPO", lrs[k // 5] if n > 5 else lrs[k]
+        metrics = {
+            "model_utility": round(rng.uniform(0.35, 0.6), 3),
+            "forget_quality": 10 ** rng.uniform(-25, 0),
+        }
+        rows.append(
+            Row("TOFU", method, "unlearn", M1, "forget10", f"{method}_lr{lr}", "", metrics, learning_rate=lr)
+        )
+    rows[2].metrics["forget_quality"] = 0.5  # a p-value near 1: the axis must still stop at 1
+    return tables(rows)["TOFU"]
+
+
+@pytest.mark.parametrize("n", [5, 30])
+def test_plot_is_readable(n: int, tmp_path: Path) -> None:
+    """Labels distinct, inside the axes, overlapping neither each other nor the title; the p-value axis
+    stops at 1; the target is drawn as a star and the retain model (no forget_quality) as a line."""
+    from falcon_plugin.tools.common.benchmarks import BENCHMARKS
+    from falcon_plugin.tools.leaderboard import scatter_figure
+
+    fig = scatter_figure(_synthetic(n), BENCHMARKS["TOFU"])
+    fig.savefig(tmp_path / f"pareto_{n}.png")
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text alone, not its leader line
+    assert len(boxes) == n + 1  # every run and the target
+    for i, a in enumerate(boxes):
+        assert a.x0 >= ax.bbox.x0 and a.x1 <= ax.bbox.x1 and a.y0 >= ax.bbox.y0 and a.y1 <= ax.bbox.y1
+        assert not a.overlaps(ax.title.get_window_extent(renderer))
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (ax.texts[i].get_text(), a, b)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    texts = [t.get_text() for t in ax.texts]
+    numbered = all(t.isdigit() for t in texts)  # too dense for names: numbers keyed in the legend
+    named = [e.split("  ", 1)[1] for e in legend if "  " in e] if numbered else texts
+    assert len(set(named)) == len(named) == n + 1
+    if n == 5:
+        assert "NPO (lr 2e-5)" in named and "NPO (lr 1e-5)" in named
+    assert ax.get_yscale() == "log" and ax.get_ylim()[1] <= 1.0
+    stars = [c for c in ax.collections if list(map(tuple, c.get_offsets())) == [(0.6, 1e-21)]]
+    assert len(stars) == 1
+    assert "reference model" in legend
+    assert any("Retain (reference)" in e and "no forget_quality" in e for e in legend)
+
+
+def test_fixture_plot_labels_runs_apart(tmp_path: Path) -> None:
+    from falcon_plugin.tools.common.benchmarks import BENCHMARKS
+    from falcon_plugin.tools.leaderboard import scatter_figure
+
+    fig = scatter_figure(tables(collect([SAVES]))["TOFU"], BENCHMARKS["TOFU"])
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert {"NPO (lr 1e-5)", "NPO (lr 2e-5)", "FALCON", "Finetuned (target)"} <= set(labels)
+    assert "stars" not in fig.axes[0].get_title()  # the legend explains the markers
+
+
+def test_no_forget_quality_is_said(tmp_path: Path) -> None:
+    run = tmp_path / "saves" / "unlearn" / FALCON_TASK
+    shutil.copytree(SAVES / "unlearn" / FALCON_TASK, run)
+    for name in ("TOFU_SUMMARY.json", "TOFU_EVAL.json"):
+        data = json.loads((run / "evals" / name).read_text())
+        data.pop("forget_quality")
+        (run / "evals" / name).write_text(json.dumps(data))
+    _, text = build([tmp_path], tmp_path / "board")
+    assert "Note: no TOFU plot: no run has both model_utility and forget_quality" in text
+    assert "--eval-retain" in text and "setup_data.py --eval_logs" in text
+    assert "no TOFU plot" in (tmp_path / "board" / "leaderboard.html").read_text()
+    assert not (tmp_path / "board" / "tofu_pareto.png").exists()

@@ -174,7 +174,12 @@ def test_no_layer_above_l_star_or_lm_head_runs(tmp_path, tokenizer, forget_retai
 def test_layer_auto_picks_the_argmin_and_writes_its_report(tmp_path, tokenizer, forget_retain):
     model = tiny_llama(num_layers=5)
     trainer = make_trainer(
-        tmp_path, model, forget_retain, tokenizer, layer="auto", mi={"samples": 16, "estimator": "gaussian"}
+        tmp_path,
+        model,
+        forget_retain,
+        tokenizer,
+        layer="auto",
+        mi={"criterion": "paper", "samples": 16, "estimator": "gaussian"},
     )
     trainer.train()
     report = json.loads((tmp_path / "mi_report.json").read_text())

@@ -27,7 +27,7 @@ import transformers
 from torch import nn
 
 from falcon_plugin.activations import find_decoder_layers, forward_until, layer_output
-from falcon_plugin.config import default_trainable_regex
+from falcon_plugin.config import OFFICIAL_TRAINABLE_MODULES, default_trainable_regex
 from falcon_plugin.hf_compat import trainer_init_kwargs
 from falcon_plugin.masks import token_mask
 
@@ -104,7 +104,7 @@ class RMUBaseline(_UnlearnBase):
         self.steering_coeff = float(steering_coeff)
         self.alpha = float(alpha)
         if trainable_params_regex is None:
-            trainable_params_regex = list(default_trainable_regex(self.layer, path))
+            trainable_params_regex = list(default_trainable_regex(self.layer, path, OFFICIAL_TRAINABLE_MODULES))
         self.trainable_names = [
             n for n, _ in model.named_parameters() if any(re.fullmatch(p, n) for p in trainable_params_regex)
         ]

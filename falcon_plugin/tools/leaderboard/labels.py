@@ -3,7 +3,7 @@
 Greedy, in display pixels: the most crowded point is labelled first; each label takes the first
 candidate position (rings of growing distance around its point, eight directions each) whose box
 stays inside the axes and touches no placed label, no marker and no leader line. A label away from
-its point gets a thin leader line, which crosses no other label. When some label finds no free position, :func:`place_labels` gives up and says so,
+its point gets a thin leader line, which crosses no other label and no other marker. When some label finds no free position, :func:`place_labels` gives up and says so,
 so the caller can fall back to short labels (numbers keyed in the legend). Same input, same figure.
 """
 
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 Box = tuple[float, float, float, float]
 """(x0, y0, x1, y1) in display pixels."""
+Segment = tuple[float, float, float, float]
+"""A line segment (x0, y0, x1, y1) in display pixels."""
 
 _DIRECTIONS = (
     (1.0, 0.0),
@@ -49,12 +51,12 @@ def overlaps(a: Box, b: Box, pad: float = 0.0) -> bool:
     return a[0] < b[2] + pad and b[0] < a[2] + pad and a[1] < b[3] + pad and b[1] < a[3] + pad
 
 
-def _leader(x: float, y: float, box: Box) -> tuple[float, float, float, float]:
+def _leader(x: float, y: float, box: Box) -> Segment:
     """The leader line from the point to the nearest point of the label's box."""
     return x, y, min(max(x, box[0]), box[2]), min(max(y, box[1]), box[3])
 
 
-def crosses(segment: tuple[float, float, float, float], box: Box, pad: float = 1.0) -> bool:
+def crosses(segment: Segment, box: Box, pad: float = 1.0) -> bool:
     """Whether a line segment passes through a box (sampled every pixel)."""
     x0, y0, x1, y1 = segment
     steps = max(1, int(math.hypot(x1 - x0, y1 - y0)))
@@ -86,14 +88,21 @@ def place_labels(
     sizes: Sequence[tuple[float, float]],
     radii: Sequence[float],
     area: Box,
+    lines: Sequence[Segment] = (),
+    max_gap: float | None = None,
 ) -> list[Placement] | None:
     """A position for every label, or None when one has no free position.
+
+    Greedy in an order (the most crowded point first); when a label finds no room, it moves to the
+    front of the order and the placement starts again, at most twice per label.
 
     Args:
         points: the points in display pixels.
         sizes: each label's (width, height) in pixels.
         radii: each point's marker radius in pixels (markers are obstacles for every label).
         area: the box every label must stay inside (the axes).
+        lines: segments no label may cross (the Pareto front, reference lines), in display pixels.
+        max_gap: the farthest a label may sit from its marker (None: any of the tried distances).
     """
     markers = [_box(x, y, 2 * r, 2 * r) for (x, y), r in zip(points, radii, strict=True)]
 
@@ -102,14 +111,34 @@ def place_labels(
         return sum(1 for j, (u, v) in enumerate(points) if j != i and abs(u - x) < 80 and abs(v - y) < 40)
 
     order = sorted(range(len(points)), key=lambda i: (-crowd(i), points[i][0], points[i][1], i))
+    for _ in range(2 * len(points) + 1):
+        gaps = [g for g in _GAPS if max_gap is None or g <= max_gap]
+        placed, failed = _greedy(order, points, sizes, radii, markers, area, lines, gaps)
+        if failed is None:
+            return [placed[i] for i in range(len(points))]
+        order = [failed] + [i for i in order if i != failed]
+    return None
+
+
+def _greedy(
+    order: Sequence[int],
+    points: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[float, float]],
+    radii: Sequence[float],
+    markers: Sequence[Box],
+    area: Box,
+    lines: Sequence[Segment],
+    gaps: Sequence[float],
+) -> tuple[dict[int, Placement], int | None]:
+    """One greedy pass in ``order``: the placements, and the first label that found no room (or None)."""
     placed: dict[int, Placement] = {}
     boxes: list[Box] = []
-    leaders: list[tuple[float, float, float, float]] = []
+    leaders: list[Segment] = list(lines)
     for i in order:
         x, y = points[i]
         w, h = sizes[i]
         found = None
-        for gap in _GAPS:
+        for gap in gaps:
             for d in _DIRECTIONS:
                 cx, cy = _candidate(x, y, radii[i], gap, d, w, h)
                 box = _box(cx, cy, w, h)
@@ -123,6 +152,8 @@ def place_labels(
                 line = _leader(x, y, box) if gap > LEADER_GAP else None
                 if line is not None and any(crosses(line, b) for b in boxes):
                     continue
+                if line is not None and any(crosses(line, m) for j, m in enumerate(markers) if j != i):
+                    continue
                 found = Placement(cx - x, cy - y, gap)
                 if line is not None:
                     leaders.append(line)
@@ -130,10 +161,10 @@ def place_labels(
             if found:
                 break
         if found is None:
-            return None
+            return placed, i
         placed[i] = found
         boxes.append(_box(x + found.dx, y + found.dy, w, h))
-    return [placed[i] for i in range(len(points))]
+    return placed, None
 
 
 __all__ = ["LEADER_GAP", "Placement", "crosses", "overlaps", "place_labels"]

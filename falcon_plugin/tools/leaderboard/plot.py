@@ -13,25 +13,32 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from falcon_plugin.tools.common.benchmarks import Axis, Benchmark
 
-from .labels import LEADER_GAP, place_labels
+from .labels import LEADER_GAP, Segment, place_labels
 from .read import Row
 
 DPI = 110
 FONT = 8
+NAME_GAP = 28.0
+"""Pixels a name label may sit from its marker (first try)."""
+FAR_NAMES = 12
+"""Up to this many points, names may also sit farther away, on leader lines; beyond, numbers instead."""
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
 _SIZE, _REF_SIZE = 60, 220
 _FLOOR = 1e-300
 
 
 def _lr_text(lr: float) -> str:
-    """``2e-05`` -> ``2e-5``; ``0.001`` -> ``0.001``."""
-    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{lr:g}")
+    """A learning rate as a paper writes it: ``2e-05`` -> ``2e-5``, ``0.00015`` -> ``1.5e-4``, ``0.1``."""
+    if lr == 0 or abs(lr) >= 0.01:
+        return f"{lr:g}"
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def point_labels(rows: Sequence[Row]) -> list[str]:
@@ -131,8 +138,10 @@ def scatter_figure(rows: Sequence[Row], bench: Benchmark) -> Any | None:
                 [], [], color="black", marker="*", markersize=11, linestyle="none", label="reference model"
             )
         )
+    verticals = []
     for row in rows:  # a reference without the forgetting metric: its utility as a line
         if row.role != "unlearn" and row not in points and row.value(util.key) is not None:
+            verticals.append(row.value(util.key))
             ax.axvline(row.value(util.key), color="0.35", linestyle=":", linewidth=1.2, zorder=1)
             handles.append(
                 Line2D(
@@ -170,11 +179,35 @@ def scatter_figure(rows: Sequence[Row], bench: Benchmark) -> Any | None:
     ax.margins(x=0.08)
 
     labels = point_labels(points)
-    if not _annotate(fig, ax, points, xs, ys, labels, handles, numbered=False):
+    lines = _Lines(list(fronts.values()), verticals)
+    # names close to their points; with few points, names farther away on leader lines; else numbers
+    tiers = [(False, NAME_GAP)] + ([(False, None)] if len(points) <= FAR_NAMES else []) + [(True, None)]
+    for numbered, max_gap in tiers:
         for text in list(ax.texts):
             text.remove()
-        _annotate(fig, ax, points, xs, ys, labels, handles, numbered=True)
+        if _annotate(fig, ax, points, xs, ys, labels, handles, lines, numbered, max_gap):
+            break
     return fig
+
+
+@dataclass
+class _Lines:
+    """What the plot draws as lines, in data coordinates: labels must not cross them."""
+
+    fronts: list[list[tuple[float, float]]]
+    verticals: list[float]
+
+    def segments(self, ax: Any) -> list[Segment]:
+        to_display = ax.transData.transform
+        out: list[Segment] = []
+        for front in self.fronts:
+            pts = [tuple(to_display(p)) for p in front]
+            out += [(*a, *b) for a, b in zip(pts, pts[1:], strict=False)]
+        frame = ax.get_window_extent()
+        for x in self.verticals:
+            px = to_display((x, 1.0))[0]
+            out.append((px, frame.y0, px, frame.y1))
+        return out
 
 
 def _legend(ax: Any, handles: list[Any], key: Sequence[str]) -> None:
@@ -204,14 +237,19 @@ def _annotate(
     ys: Sequence[float],
     labels: Sequence[str],
     handles: list[Any],
+    lines: _Lines,
     numbered: bool,
+    max_gap: float | None,
 ) -> bool:
-    """Lay out, then place the labels (numbers keyed in the legend when ``numbered``); False if some
-    label found no free position (with ``numbered``, the best effort is drawn anyway)."""
+    """Lay out, then place the labels (numbers keyed in the legend when ``numbered``) at most
+    ``max_gap`` pixels from their markers; False if some label found no free position (with
+    ``numbered``, the best effort is drawn anyway)."""
     texts = [str(i) for i in range(1, len(points) + 1)] if numbered else list(labels)
     _legend(
         ax, handles, [f"{t}  {label}" for t, label in zip(texts, labels, strict=True)] if numbered else []
     )
+    if numbered and len(handles) + len(points) > 36:  # a two-column key: widen so the axes keep their size
+        fig.set_size_inches(11.0, fig.get_size_inches()[1])
     fig.tight_layout()
     renderer = fig.canvas.get_renderer()
     display = [tuple(ax.transData.transform((x, y))) for x, y in zip(xs, ys, strict=True)]
@@ -224,7 +262,7 @@ def _annotate(
     radii = [math.sqrt(_REF_SIZE if r.role != "unlearn" else _SIZE) / 2 * DPI / 72 + 1.5 for r in points]
     frame = ax.get_window_extent(renderer)
     area = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
-    placements = place_labels(display, sizes, radii, area)
+    placements = place_labels(display, sizes, radii, area, lines.segments(ax), max_gap)
     if placements is None and not numbered:
         return False
     if placements is None:  # too dense even for numbers: beside each point, overlaps possible

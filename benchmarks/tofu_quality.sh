@@ -37,13 +37,13 @@ if [ "$SCALE" = smoke ]; then
   : "${K_FORGET:=4}" "${N_RET_AUTHORS:=2}" "${K_RETAIN:=4}" "${N_PER_AUTHOR:=2}" "${N_RA:=4}" "${N_WF:=4}"
   : "${FT_EPOCHS:=2}" "${FT_LR:=3e-4}" "${FT_BS:=8}" "${UL_EPOCHS:=1}" "${UL_BS:=4}" "${MAX_NEW:=24}"
   : "${LRS_FALCON:=1e-4}" "${LRS_RMU:=3e-5}" "${LRS_NPO:=3e-5}" "${LRS_SimNPO:=3e-5}" "${LRS_GradDiff:=3e-5}"
-  : "${RELEARN_STEPS:=2}" "${EVAL_DROP:=~eval.tofu.metrics.privleak ~eval.tofu.metrics.extraction_strength}"
+  : "${RELEARN_STEPS:=2}" "${RELEARN_LR:=1e-4}" "${EVAL_DROP:=~eval.tofu.metrics.privleak ~eval.tofu.metrics.extraction_strength}"
 fi
 if [ "$SCALE" = micro ]; then
   : "${K_FORGET:=10}" "${N_RET_AUTHORS:=4}" "${K_RETAIN:=10}" "${N_PER_AUTHOR:=3}" "${N_RA:=12}" "${N_WF:=12}"
   : "${FT_EPOCHS:=3}" "${FT_LR:=3e-4}" "${FT_BS:=6}" "${UL_EPOCHS:=2}" "${UL_BS:=4}" "${MAX_NEW:=32}"
   : "${LRS_FALCON:=1e-4}" "${LRS_RMU:=3e-5}" "${LRS_NPO:=3e-5}" "${LRS_SimNPO:=3e-5}" "${LRS_GradDiff:=3e-5}"
-  : "${RELEARN_STEPS:=5}" "${EVAL_DROP:=~eval.tofu.metrics.privleak ~eval.tofu.metrics.extraction_strength}"
+  : "${RELEARN_STEPS:=5}" "${RELEARN_LR:=1e-4}" "${EVAL_DROP:=~eval.tofu.metrics.privleak ~eval.tofu.metrics.extraction_strength}"
 fi
 K_FORGET=${K_FORGET:-20}           # QA per forget author (forget01 = 2 authors)
 N_RET_AUTHORS=${N_RET_AUTHORS:-8}  # retained authors (of forget05's first 8)
@@ -65,7 +65,9 @@ LRS_SimNPO=${LRS_SimNPO:-"1e-5 3e-5 1e-4"}
 LRS_GradDiff=${LRS_GradDiff:-"1e-5 3e-5 1e-4"}
 # EXTRA_UNLEARN (all methods) / EXTRA_<METHOD> (one method): extra host overrides, e.g.
 # EXTRA_FALCON="trainer.method_args.retain_weight=10"
-RELEARN_STEPS=${RELEARN_STEPS:-10}; RELEARN_LR=${RELEARN_LR:-1e-4}
+# relearning attack: Unlearn-Simple's protocol at full scale (100 steps, lr 1e-5: `falcon-unlearn attack`'s
+# defaults); micro / smoke take fewer steps at lr 1e-4
+RELEARN_STEPS=${RELEARN_STEPS:-100}; RELEARN_LR=${RELEARN_LR:-1e-5}
 
 log() { echo "[tofu_quality $(date +%H:%M:%S)] $*"; }
 
@@ -137,7 +139,7 @@ stage_eval_target() {  # needs the retain model's TOFU_EVAL.json for forget_qual
 }
 stage_probes() {  # cheap forget-set probe of base and target: did fine-tuning learn the facts?
   for n in base target; do
-    [ -f "$WORK/evals/probe_$n.json" ] || $NICE $PY "$HERE/relearn.py" probe "$M/$n" "$HOST/locuslab/TOFU" \
+    [ -f "$WORK/evals/probe_$n.json" ] || $NICE $PY "$HERE/probe.py" "$M/$n" "$HOST/locuslab/TOFU/forget01.json" \
       "$WORK/evals/probe_$n.json" --max-new-tokens $MAX_NEW > "$WORK/logs/probe_$n.log" 2>&1
   done
 }
@@ -189,14 +191,24 @@ stage_unlearn() {  # PAR runs at a time (default 1)
   done; done
   wait
 }
-stage_relearn() {  # RELEARN_RUNS="FALCON_lr1e-4 ..." restricts the attacked runs (default: all)
+stage_relearn() {  # `falcon-unlearn attack --attacks relearn` (docs/attacks.md) on every finished run
+  # RELEARN_RUNS="FALCON_lr1e-4 ..." restricts the attacked runs (default: all). Protocol: OPTML-Group/
+  # Unlearn-Simple's relearning (AdamW, weight decay 0, batch 1 x 4 accumulation, warm-up steps//10,
+  # linear decay) for RELEARN_STEPS steps at lr RELEARN_LR on relearn_train, measured on relearn_test
+  # (the held-out half of the forget set) and on relearn_train, before and after. Output (atomic):
+  # $WORK/attacks/<run>/attacks.json; a run whose file exists is skipped.
+  local d name
   for d in "$WORK"/unlearn/*/; do
     d=${d%/}; [ -f "$d/DONE" ] || continue
-    if [ -n "${RELEARN_RUNS:-}" ] && [[ " $RELEARN_RUNS " != *" $(basename "$d") "* ]]; then continue; fi
-    [ -f "$d/relearn.json" ] && continue
-    log "relearn $(basename "$d")"
-    $NICE $PY "$HERE/relearn.py" attack "$d" "$HOST/locuslab/TOFU" "$d/relearn.json" \
-      --steps $RELEARN_STEPS --lr $RELEARN_LR --max-new-tokens $MAX_NEW > "$WORK/logs/relearn_$(basename "$d").log" 2>&1
+    name=$(basename "$d")
+    if [ -n "${RELEARN_RUNS:-}" ] && [[ " $RELEARN_RUNS " != *" $name "* ]]; then continue; fi
+    if [ -f "$WORK/attacks/$name/attacks.json" ]; then log "relearn $name: exists"; continue; fi
+    log "relearn $name"
+    $NICE $PY -m falcon_plugin.tools.cli attack --model "$d" --attacks relearn --template chat \
+      --train-data "$HOST/locuslab/TOFU/relearn_train.json" --test-data "$HOST/locuslab/TOFU/relearn_test.json" \
+      --relearn-steps "$RELEARN_STEPS" --relearn-lr "$RELEARN_LR" --max-new-tokens "$MAX_NEW" \
+      --out "$WORK/attacks/$name" > "$WORK/logs/relearn_$name.log" 2>&1 \
+      || log "relearn $name: failed (see logs/relearn_$name.log)"
   done
 }
 stage_report() {

@@ -70,16 +70,15 @@ def default_trainable_regex(
     return (rf"{re.escape(layers_path)}\.({layers})\.{TRAINABLE_MODULES[modules]}",)
 
 
-def min_mi_samples(config: MIConfig | None = None) -> int:
-    """Fewest samples per set Step 1 accepts under ``config``'s criterion (default: ``MIConfig()``).
+def min_mi_samples(criterion: str, probe_folds: int) -> int:
+    """Fewest samples per set Step 1 accepts under ``criterion`` (``mi.criterion``, ``mi.probe_folds``).
 
-    :data:`MIN_MI_SAMPLES` for every criterion; with ``separability`` also ``mi.probe_folds``, since
-    every set is split into that many stratified folds (what
+    :data:`MIN_MI_SAMPLES` for every criterion; with ``separability`` also ``probe_folds``, since every
+    set is split into that many stratified folds (what
     :func:`falcon_plugin.separability.check_sample_counts` requires).
     """
-    config = config or MIConfig()
-    if config.criterion == "separability":
-        return max(MIN_MI_SAMPLES, config.probe_folds)
+    if criterion == "separability":
+        return max(MIN_MI_SAMPLES, probe_folds)
     return MIN_MI_SAMPLES
 
 
@@ -87,7 +86,7 @@ def check_mi_sample_count(count: int, what: str, config: MIConfig | None = None)
     """Raise :class:`FalconConfigError` when ``what`` (a sample set for Step 1) has fewer samples than
     ``config``'s criterion needs (:func:`min_mi_samples`); cheap, so it runs before any forward pass."""
     config = config or MIConfig()
-    minimum = min_mi_samples(config)
+    minimum = min_mi_samples(config.criterion, config.probe_folds)
     if count < minimum:
         why = (
             f" (criterion separability, mi.probe_folds={config.probe_folds})"
@@ -189,7 +188,7 @@ class MIConfig:
     def __post_init__(self) -> None:
         _choice("mi.criterion", self.criterion, CRITERIA)
         _integer("mi.probe_folds", self.probe_folds, 2)
-        minimum = min_mi_samples(self)
+        minimum = min_mi_samples(self.criterion, self.probe_folds)
         if not isinstance(self.samples, bool) and isinstance(self.samples, int) and self.samples < minimum:
             folds = f" (mi.probe_folds={self.probe_folds} held-out folds)" if minimum > MIN_MI_SAMPLES else ""
             raise _bad("mi.samples", self.samples, f"an integer >= {minimum}{folds}")

@@ -1,7 +1,8 @@
 """Multi-process and DeepSpeed plumbing of FALCON's step (no-ops in a single plain process).
 
 * :func:`all_reduce_mean` / :func:`broadcast_int`: the projection (paper Sec. 3.3) must see the
-  *global* g_F and g_R, and every rank must use rank 0's MI layer choice.
+  *global* g_F and g_R, every rank must use rank 0's MI layer choice, and the logged metrics are
+  the mean over ranks.
 * :func:`deepspeed_forward_prologue` / :func:`deepspeed_forward_epilogue`: what
   ``DeepSpeedEngine.forward`` does around the model, which FALCON's direct layer calls bypass.
 * :func:`gathered`, :func:`is_zero3`, :func:`zero3_gradient_hooks`: ZeRO-3 (partitioned parameters).
@@ -28,7 +29,11 @@ def is_distributed() -> bool:
 
 
 def all_reduce_mean(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Average gradients over processes so the projection sees the global g_F and g_R."""
+    """Average tensors over processes with one all-reduce for the whole list (no-op in one process).
+
+    Used for g_F and g_R (so the projection sees the global gradients) and, once per logging step, for
+    the logged ``falcon/*`` metrics (so they are the mean over ranks, like the Trainer's ``loss``).
+    """
     if not is_distributed():
         return grads
     flat = torch.cat([g.reshape(-1).float() for g in grads])

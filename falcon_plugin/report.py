@@ -67,6 +67,7 @@ class CriterionResult:
     scores: list[Any] = field(default_factory=list)
     """:class:`~falcon_plugin.separability.SeparabilityScore` or :class:`~falcon_plugin.mi.LayerScore`."""
     seconds: float = 0.0
+    """Scoring time (reported in the report's ``timings_s``, not in this result's dict)."""
     error: str | None = None
 
     @property
@@ -79,7 +80,6 @@ class CriterionResult:
             "chosen_layer": self.chosen_layer,
             "layers": [s.layer for s in self.scores],
             "scores": [s.score for s in self.scores],
-            "seconds": self.seconds,
             "error": self.error,
             "details": [s.to_dict() for s in self.scores],
         }
@@ -108,7 +108,7 @@ class CriterionResult:
                 )
                 for d in details
             ]
-        return cls(name, data.get("chosen_layer"), scores, float(data.get("seconds", 0.0)), data.get("error"))
+        return cls(name, data.get("chosen_layer"), scores, error=data.get("error"))
 
 
 def _probe_estimate(data: Mapping[str, Any]) -> ProbeEstimate:
@@ -176,6 +176,7 @@ class MIReport:
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         names = [self.criterion, *(n for n in self.criteria if n != self.criterion)]
         fig, axes = plt.subplots(len(names), 1, figsize=(8, 3.2 * len(names)), sharex=True, squeeze=False)
@@ -216,6 +217,7 @@ class MIReport:
             ax.grid(alpha=0.3)
             ax.legend(loc="best")
         axes[-1, 0].set_xlabel("decoder layer")
+        axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(f"FALCON layer selection: l* = {self.chosen_layer} by {self.criterion}")
         fig.tight_layout()
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))

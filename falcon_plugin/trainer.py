@@ -17,7 +17,9 @@ One training step (:meth:`FalconMixin.compute_loss`; the picture is in docs/arch
 Around the step: ``method_args`` are split off and validated at construction
 (:mod:`falcon_plugin.config`, :mod:`falcon_plugin.validation`); ``train()`` first runs the set-up
 (Step 1 if ``layer: auto``, frozen copies, POV: :mod:`falcon_plugin.setup`), whose state is saved
-with every checkpoint (:mod:`falcon_plugin.state`).
+with every checkpoint (:mod:`falcon_plugin.state`). The train items are drawn under RNGs seeded from
+(seed, epoch, index) so a resumed run pairs them as the straight run did (:mod:`falcon_plugin.replay`);
+the logged ``falcon/*`` metrics are averaged over processes once per logging step.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .hf_compat import init_parameters, processing_class_of, trainer_init_kwargs
 from .losses import cosine_retain_loss, info_nce_forget_loss
 from .masks import token_mask
 from .projection import resolve_gradient_conflict
+from .replay import EpochToItems, replayable, trainer_rng_state_loading, warn_if_persistent_workers
 from .setup import SetupContext, prepare_state
 from .state import FalconState, SaveFalconState, check_resumable, checkpoint_path
 from .validation import check_training_args, validate_against_model
@@ -75,6 +78,8 @@ class FalconMixin:
             base_model(self.model), self.falcon_config, self.train_dataset, self._pad_id()
         )
         self.add_callback(SaveFalconState(self))
+        self._falcon_epoch_to_items = EpochToItems()
+        self.add_callback(self._falcon_epoch_to_items)
 
     @property
     def falcon_layer(self) -> int | None:
@@ -121,6 +126,30 @@ class FalconMixin:
             self.args.output_dir,
             self.is_world_process_zero(),
         )
+
+    # ------------------------------------------------------------------ exact resume
+    def get_train_dataloader(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's train dataloader over :func:`falcon_plugin.replay.replayable` items.
+
+        Each item is drawn under RNGs seeded from (seed, epoch, index), so the host's random retain
+        partners are the same in a straight and in a resumed run (see :mod:`falcon_plugin.replay`).
+        """
+        dataset = self.train_dataset
+        seed = self.args.data_seed if getattr(self.args, "data_seed", None) is not None else self.args.seed
+        items = replayable(dataset, seed)
+        self._falcon_epoch_to_items.items = items if items is not dataset else None
+        if items is not dataset:
+            warn_if_persistent_workers(self.args)
+        self.train_dataset = items
+        try:
+            return super().get_train_dataloader(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self.train_dataset = dataset
+
+    def _load_rng_state(self, checkpoint: str | None) -> Any:
+        """The Trainer's RNG restore, with numpy's RNG-state types allowed (transformers 4.45, torch >= 2.6)."""
+        with trainer_rng_state_loading():
+            return super()._load_rng_state(checkpoint)  # type: ignore[misc]
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's optimizer minus empty parameter groups (``distributed.drop_empty_param_groups``)."""
@@ -237,10 +266,18 @@ class FalconMixin:
             self._falcon_metrics.setdefault(key, []).append(value)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Add the mean of FALCON's metrics since the last log (one device sync per logging step)."""
+        """Add the mean of FALCON's metrics since the last log, averaged over processes like ``loss``.
+
+        One all-reduce (all metrics in one tensor) and one device sync per logging step; none on the
+        steps in between. Every rank logs (the Trainer calls ``log`` on all of them), so none waits.
+        """
         if self._falcon_metrics and "loss" in logs:
-            for key, values in self._falcon_metrics.items():
-                logs[key] = round(float(torch.stack(values).mean()), 6)
+            keys = list(self._falcon_metrics)
+            device = self._falcon_metrics[keys[0]][0].device
+            local = torch.stack([torch.stack(self._falcon_metrics[k]).mean().to(device) for k in keys])
+            (mean,) = all_reduce_mean([local])
+            for key, value in zip(keys, mean.tolist(), strict=True):
+                logs[key] = round(value, 6)
             logs["falcon/layer"] = self.falcon_layer
             self._falcon_metrics = {}
         super().log(logs, *args, **kwargs)  # type: ignore[misc]

@@ -41,9 +41,10 @@ def check_training_args(args: Any) -> None:
         args.remove_unused_columns = False
     if getattr(args, "save_only_model", False) and args.save_strategy != "no":
         logger.warning(
-            "FALCON: save_only_model=True: checkpoints will hold the weights and FALCON's state but no "
-            "optimizer, scheduler or RNG state, so resume_from_checkpoint cannot continue this run; set "
-            "trainer.args.save_only_model=false for resumable checkpoints"
+            "FALCON: save_only_model=True (open-unlearning's default, from its trainer/finetune.yaml): "
+            "checkpoints will hold the weights and FALCON's state but no optimizer, scheduler or RNG state, "
+            "so resume_from_checkpoint cannot continue this run (FALCON refuses such a checkpoint); add "
+            "trainer.args.save_only_model=false to the command for resumable checkpoints"
         )
 
 

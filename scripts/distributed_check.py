@@ -13,7 +13,11 @@ Every rank saves its logged losses, final trainable weights, l* and POV; the par
 ranks with each other and with the single-process run. Cases: ``ddp``, ``zero1``, ``zero2``,
 ``zero3`` (parameters partitioned by the engine), ``zero3-zero_init`` (partitioned at load, as the
 host's accelerate config with ``zero3_init_flag`` does), ``*-gas2`` (gradient accumulation 2) and
-``zero3-auto-zero_init`` (MI layer selection on a partitioned model).
+``zero3-auto-zero_init`` (MI layer selection on a partitioned model), ``ddp-log2`` (logging every 2 steps).
+
+Every rank also records its *local* ``falcon/forget_loss`` per step and how many
+``torch.distributed.all_reduce`` calls each step made: the logged ``falcon/*`` metrics must be the mean
+over ranks (like the Trainer's ``loss``), reduced once per logging step and never on the steps between.
 
 Every sample has the same number of answer tokens, so the mean over a rank's tokens averaged over
 ranks equals the mean over the global batch's tokens: the multi-process runs then compute the same
@@ -134,20 +138,22 @@ class Case:
     gas: int = 1
     layer: str = str(LAYER)
     zero_init: bool = False
+    logging_steps: int = 1
 
     @property
     def name(self) -> str:
         extras = [f"gas{self.gas}" if self.gas > 1 else "", "auto" if self.layer == "auto" else "",
-                  "zero_init" if self.zero_init else ""]
+                  "zero_init" if self.zero_init else "", f"log{self.logging_steps}" if self.logging_steps > 1 else ""]
         return "-".join([self.mode, *[e for e in extras if e]])
 
     @property
     def reference(self) -> Case:
-        """The single-process run with the same global batch, accumulation and layer."""
-        return Case("single", self.gas, self.layer)
+        """The single-process run with the same global batch, accumulation, layer and logging interval."""
+        return Case("single", self.gas, self.layer, logging_steps=self.logging_steps)
 
     def argv(self) -> list[str]:
-        out = ["--worker", self.mode, "--gas", str(self.gas), "--layer", self.layer]
+        out = ["--worker", self.mode, "--gas", str(self.gas), "--layer", self.layer,
+               "--logging-steps", str(self.logging_steps)]
         return [*out, "--zero-init"] if self.zero_init else out
 
 
@@ -156,8 +162,43 @@ CASES = {
     for c in (
         Case("ddp"), Case("zero1"), Case("zero2"), Case("zero3"), Case("zero3", zero_init=True),
         Case("ddp", gas=2), Case("zero2", gas=2), Case("zero3", gas=2), Case("zero3", layer="auto", zero_init=True),
+        Case("ddp", logging_steps=2),
     )
 }
+
+
+def count_all_reduces(trainer: Any) -> dict[int, int]:
+    """Count ``torch.distributed.all_reduce`` calls by the trainer's ``global_step`` at call time (patched in).
+
+    A step's gradient all-reduces happen while ``global_step`` is still the previous step's number; its
+    ``log`` (after the optimizer step) sees the new number. So count[s] = gradient reduces of step s+1,
+    plus the metric reduce if step s logged.
+    """
+    import torch
+
+    counts: dict[int, int] = {}
+    original = torch.distributed.all_reduce
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        step = trainer.state.global_step
+        counts[step] = counts.get(step, 0) + 1
+        return original(*args, **kwargs)
+
+    torch.distributed.all_reduce = counting
+    return counts
+
+
+def record_local_forget_loss(trainer: Any) -> list[float]:
+    """The rank's own (not yet averaged) forget loss of every micro-batch, in order."""
+    local: list[float] = []
+    record = trainer._record
+
+    def recording(forget_loss: Any, *args: Any) -> None:
+        local.append(float(forget_loss.detach()))
+        record(forget_loss, *args)
+
+    trainer._record = recording
+    return local
 
 
 def worker(case: Case, out: Path) -> None:
@@ -182,7 +223,7 @@ def worker(case: Case, out: Path) -> None:
     args = TrainingArguments(
         output_dir=str(out / "run"), per_device_train_batch_size=GLOBAL_BATCH // world // case.gas,
         gradient_accumulation_steps=case.gas, max_steps=STEPS, learning_rate=1e-2, lr_scheduler_type="constant",
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
+        logging_steps=case.logging_steps, report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
         ddp_backend="gloo" if world > 1 else None, deepspeed=deepspeed_config(stage) if stage is not None else None,
     )
     if model is None:  # the host's accelerate default: ZeRO-3 with zero3_init_flag, the model partitioned at load
@@ -196,6 +237,8 @@ def worker(case: Case, out: Path) -> None:
         model=model, train_dataset=build_dataset(), tokenizer=CharTokenizer(), data_collator=ForgetRetainCollator(0),
         args=args, layer=layer, mi={"samples": 16},
     )
+    all_reduces = count_all_reduces(trainer)
+    local_forget = record_local_forget_loss(trainer)
     start = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - start
@@ -216,7 +259,10 @@ def worker(case: Case, out: Path) -> None:
     history = trainer.state.log_history
     torch.save({"rank": rank, "world": world, "losses": [h["loss"] for h in history if "loss" in h],
                 "weights": weights, "layer": state.layer, "pov": state.pov.cpu(), "seconds": elapsed,
-                "partitioned": partitioned}, out / f"rank{rank}.pt")
+                "partitioned": partitioned, "gas": case.gas, "logging_steps": case.logging_steps,
+                "local_forget_loss": local_forget, "all_reduces_by_step": all_reduces,
+                "logged_forget_loss": {h["step"]: h["falcon/forget_loss"] for h in history if "falcon/forget_loss" in h}},
+               out / f"rank{rank}.pt")
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -268,6 +314,34 @@ def compare(reference: list[dict[str, Any]], ranks: list[dict[str, Any]]) -> dic
     }
 
 
+def logged_metrics(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The logged falcon/forget_loss vs. the mean over ranks of each rank's local mean over the logging window.
+
+    ``logged_vs_rank_mean``: max |logged - that mean| (0 up to rounding to 6 decimals); ``ranks_spread``: max
+    |difference| between the two ranks' local window means (what a rank-0-only value would be off by);
+    ``metric_reduces``: per step, all-reduce calls beyond the gradient ones (1 on a logging step, else 0).
+    """
+    steps, window = len(ranks[0]["local_forget_loss"]) // ranks[0]["gas"], ranks[0]["logging_steps"]
+    micro = ranks[0]["gas"]
+
+    def local_mean(rank: dict[str, Any], step: int) -> float:
+        values = rank["local_forget_loss"][(step - window) * micro : step * micro]
+        return sum(values) / len(values)
+
+    logged_steps = sorted(ranks[0]["logged_forget_loss"])
+    means = {s: sum(local_mean(r, s) for r in ranks) / len(ranks) for s in logged_steps}
+    counts = ranks[0]["all_reduces_by_step"]
+    gradient = counts.get(0, 0)  # step 1's gradient reduces (nothing logs at step 0)
+    extra = {s: counts.get(s, 0) - (gradient if s < steps else 0) for s in range(1, steps + 1)}
+    return {
+        "logged_steps": logged_steps,
+        "logged_vs_rank_mean": max(abs(r["logged_forget_loss"][s] - means[s]) for r in ranks for s in logged_steps),
+        "ranks_spread": max(abs(local_mean(ranks[0], s) - local_mean(r, s)) for r in ranks for s in logged_steps),
+        "gradient_reduces_per_step": gradient,
+        "metric_reduces": extra,
+    }
+
+
 def load_model_initial(like: dict[str, Any]) -> dict[str, Any]:
     params = dict(build_model().named_parameters())
     return {n: params[n].detach() for n in like}
@@ -289,6 +363,7 @@ def run_case(case: Case, root: Path, timeout: float) -> dict[str, Any]:
             return {"error": f"{c.name}: exit {result.returncode}", "log_tail": (result.stdout + result.stderr)[-4000:]}
         wall[c.name] = time.perf_counter() - started
     summary = compare(load_ranks(root / case.reference.name), load_ranks(root / case.name))
+    summary["logged_metrics"] = logged_metrics(load_ranks(root / case.name))
     summary["wall_seconds"] = round(wall.get(case.name, 0.0), 1)
     return summary
 
@@ -302,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gas", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--layer", default=str(LAYER), help=argparse.SUPPRESS)
     parser.add_argument("--zero-init", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--logging-steps", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(Case(args.worker, args.gas, args.layer, args.zero_init), args.out)
+        worker(Case(args.worker, args.gas, args.layer, args.zero_init, args.logging_steps), args.out)
         return 0
 
     root = args.out or Path(tempfile.mkdtemp(prefix="falcon-dist-"))

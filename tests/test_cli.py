@@ -26,9 +26,9 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "mi", "leaderboard", "sweep"):
+    for command in ("demo", "mi", "leaderboard", "sweep", "attack"):
         assert command in out
-    for command in ("demo", "mi", "leaderboard", "sweep"):
+    for command in ("demo", "mi", "leaderboard", "sweep", "attack"):
         help_text = build_parser()._subparsers._group_actions[0].choices[command].format_help()  # type: ignore[union-attr]
         assert "example" in help_text
 
@@ -43,6 +43,12 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
         (["demo", "--data", "/nonexistent/qa.jsonl"], "--data not found: /nonexistent/qa.jsonl"),
         (["demo", "--finetune", "maybe"], "unknown --finetune 'maybe'"),
         (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+        (["demo", "--max-length", "-10"], "--max-length must be >= 8, got -10"),
+        (["demo", "--max-length", "0"], "--max-length must be >= 8, got 0"),
+        (["demo", "--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
+        (["demo", "--seed", str(2**32)], f"--seed must be in [0, 4294967295], got {2**32}"),
+        (["demo", "--threads", "0"], "--threads must be >= 1, got 0"),
+        (["attack", "--model", "m", "--data", "d.json", "--out", "o"], "model folder not found: m"),
         (
             ["mi", "--forget", "f.jsonl", "--retain", "r.jsonl"],
             "the following arguments are required: --model",
@@ -182,3 +188,71 @@ def test_missing_tools_extra_is_one_line(
         "falcon-unlearn: error: leaderboard needs the tools extra (no module 'yaml'): "
         "pip install 'falcon-unlearning[tools]'"
     ]
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a command gets as far as building, loading or training a model."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the bad option was reported")
+
+    for target in (
+        "falcon_plugin.tools.demo.runner.run_demo",
+        "falcon_plugin.tools.common.hf.load_causal_lm",
+        "falcon_plugin.tools.attacks.runner.run_attacks",
+        "falcon_plugin.tools.attacks.data.load_attack_data",
+        "falcon_plugin.tools.leaderboard.build",
+    ):
+        monkeypatch.setattr(target, refuse)
+
+
+def test_demo_bad_seed_fails_before_fine_tuning(
+    tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--seed", "-1", "--out", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, "--seed must be in [0, 4294967295], got -1")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "mi", "attack", "leaderboard"])
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_out_is_a_file(
+    command: str, where: str, tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out`` that cannot be a folder: one line naming it, exit 2, before any work."""
+    data = _write(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}] * 10)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    out = blocker if where == "file" else blocker / "sub"
+    argv = {
+        "demo": ["demo"],
+        "mi": ["mi", "--model", str(tmp_path / "model"), "--forget", str(data), "--retain", str(data)],
+        "attack": ["attack", "--model", str(tmp_path / "model"), "--data", str(data)],
+        "leaderboard": ["leaderboard", str(tmp_path)],
+    }[command]
+    assert main([*argv, "--out", str(out)]) == 2
+    expected = f"--out {out} is not a folder" + ("" if where == "file" else f" ({blocker} is a file)")
+    _one_line_error(capsys, expected)
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("flag", ["--max-length", "--batch-size"])
+def test_mi_bad_lengths_before_loading(
+    flag: str, tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}] * 10)
+    argv = ["mi", "--model", str(tmp_path), "--forget", str(data), "--retain", str(data), flag, "0"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, f"{flag} must be >= {8 if flag == '--max-length' else 1}, got 0")
+
+
+def test_attack_bad_seed_before_loading(
+    tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}] * 10)
+    argv = ["attack", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--seed", "-1"]) == 2
+    _one_line_error(capsys, "--seed must be in [0, 4294967295], got -1")

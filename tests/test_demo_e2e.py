@@ -136,3 +136,30 @@ def test_demo_with_user_model_and_data(demo_run: tuple[Path, str], tmp_path: Pat
         _rows(out)["fine-tuned (reference)"]["forget_prob"], abs=1e-4
     )
     assert not (tmp_path / "mine" / "finetuned").exists()
+
+
+def test_rerun_reuses_finetuned_and_drops_stale_outputs(
+    demo_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun into the same folder (as after Ctrl-C) reuses the complete finetuned/ of the same
+    settings instead of fine-tuning again, and no earlier run's MI report survives it."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_run[0], out)
+    assert (out / "mi_report.json").is_file() and (out / "finetuned" / "demo_finetune.json").is_file()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fine-tuned again although finetuned/ matches")
+
+    monkeypatch.setattr("falcon_plugin.tools.demo.runner.finetune", refuse)
+    assert main(["demo", "--size", "ci", "--out", str(out), "--methods", "FALCON", "-q"]) == 0
+    rows, before = _rows(out), _rows(demo_run[0])
+    assert list(rows) == ["fine-tuned (reference)", "FALCON"]
+    for method in rows:
+        for key in ("forget_prob", "forget_rougeL", "retain_prob", "retain_rougeL"):
+            assert rows[method][key] == pytest.approx(before[method][key], abs=1e-6), (method, key)
+    assert rows["fine-tuned (reference)"]["seconds"] == before["fine-tuned (reference)"]["seconds"]
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["finetune_reused"] is True and meta["torch_threads"] == 1
+    assert not (out / "mi_report.json").exists() and not (out / "mi_report.png").exists()

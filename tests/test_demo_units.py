@@ -167,3 +167,66 @@ def test_rmu_trains_only_selected_tensors(tokenizer, facts, tmp_path: Path) -> N
             tmp_path,
             trainable_params_regex=["nothing"],
         )
+
+
+def test_finetune_record_reused_only_with_the_same_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from falcon_plugin.atomic import atomic_write_json
+    from falcon_plugin.tools.demo.presets import PRESETS
+    from falcon_plugin.tools.demo.reuse import RECORD_FILE, finetune_settings, record, reusable
+
+    preset = PRESETS["ci"]
+    settings = finetune_settings(0, "facts", preset.model, None, preset.finetune, 48)
+    folder = tmp_path / "finetuned"
+    folder.mkdir()
+    with caplog.at_level("INFO"):
+        assert reusable(folder, settings) is None  # interrupted before the record: not complete
+    assert "has no demo_finetune.json" in caplog.text
+    atomic_write_json(folder / RECORD_FILE, record(settings, 12.5))
+    assert reusable(folder, settings)["seconds"] == 12.5
+    for changed in (
+        finetune_settings(1, "facts", preset.model, None, preset.finetune, 48),
+        finetune_settings(0, "other facts", preset.model, None, preset.finetune, 48),
+        finetune_settings(0, "facts", preset.model, None, preset.finetune, 64),
+    ):
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            assert reusable(folder, changed) is None
+        assert "fine-tuned with other" in caplog.text
+    assert "max_length" in caplog.text  # the log names what changed
+
+
+def test_demo_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny demo model runs on one torch thread by default (3-12x faster than torch's two on a
+    busy 2-core machine, issue 13); OMP_NUM_THREADS, --threads or --model leave the choice to the user."""
+    import torch
+
+    from falcon_plugin.tools.demo.runner import DemoOptions, _torch_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    try:
+        with _torch_threads(DemoOptions(out=Path("x"))) as threads:
+            assert threads == 1 == torch.get_num_threads()
+        assert torch.get_num_threads() == 2  # restored
+        with _torch_threads(DemoOptions(out=Path("x"), threads=2)) as threads:
+            assert threads == 2
+        with _torch_threads(DemoOptions(out=Path("x"), model_path=Path("m"))) as threads:
+            assert threads == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        with _torch_threads(DemoOptions(out=Path("x"))) as threads:
+            assert threads == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_demo_max_length_cutting_every_answer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from falcon_plugin.tools.cli import main
+
+    assert main(["demo", "--size", "ci", "--max-length", "8", "--out", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("falcon-unlearn: error: --max-length 8 leaves no answer token in ")
+        and len(err.splitlines()) == 1
+    )

@@ -38,6 +38,7 @@ pytestmark = [
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "distributed_check.py"
 WEIGHT_TOL = 1e-5
 LOSS_TOL = 1e-4
+METRIC_TOL = 1e-6  # logged metrics are rounded to 6 decimals
 TIMEOUT_S = 170  # a hang fails the test instead of blocking the suite
 
 
@@ -94,9 +95,23 @@ def _run_and_compare(root: Path, case: Any) -> dict[str, Any]:
     return summary
 
 
-def test_ddp_two_processes_match_one_process(root: Path) -> None:
-    """FALCON all-reduces g_F, g_R itself and calls the unwrapped layers: DDP's reducer must stay inert."""
-    _run_and_compare(root, check.Case("ddp"))
+def test_ddp_two_processes_match_one_process_and_log_the_mean_over_ranks(root: Path) -> None:
+    """FALCON all-reduces g_F, g_R itself and calls the unwrapped layers: DDP's reducer must stay inert.
+
+    Logging every 2 steps: each logged falcon/forget_loss is the mean over both ranks of their local
+    means over the window (the ranks see different halves of the batch), reduced with one all-reduce
+    on each logging step and none on the steps between.
+    """
+    case = check.Case("ddp", logging_steps=2)
+    _run_and_compare(root, case)
+    ranks = check.load_ranks(root / case.name)
+    metrics = check.logged_metrics(ranks)
+    assert metrics["logged_steps"] == [2, 4]
+    assert metrics["ranks_spread"] > 1e-3, f"the ranks' local losses are too close to tell apart: {metrics}"
+    assert metrics["logged_vs_rank_mean"] <= METRIC_TOL, metrics
+    assert all(r["logged_forget_loss"] == ranks[0]["logged_forget_loss"] for r in ranks)
+    assert metrics["gradient_reduces_per_step"] == 2  # g_F and g_R: one each
+    assert metrics["metric_reduces"] == {1: 0, 2: 1, 3: 0, 4: 1}, metrics
 
 
 @needs_deepspeed

@@ -33,6 +33,14 @@ def composed(config_name: str, *overrides: str, hydra_choices: bool = False) -> 
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def _number(value: Any) -> Any:
+    """YAML reads ``1e-3`` as a string; Hydra/OmegaConf as a float."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
 def test_plugin_is_on_the_search_path() -> None:
     with initialize_config_dir(config_dir=str(FAKE_CONFIGS), version_base=None):
         cfg = compose(config_name="train.yaml", overrides=["task_name=t"], return_hydra_config=True)
@@ -46,7 +54,11 @@ def test_short_form_turns_train_yaml_into_a_falcon_unlearning_run() -> None:
     assert cfg["mode"] == "unlearn"
     assert cfg["trainer"]["handler"] == "FALCON"
     assert cfg["trainer"]["args"]["remove_unused_columns"] is False
-    assert cfg["trainer"]["args"]["learning_rate"] == 1e-5  # the host's TOFU setting wins over FALCON.yaml
+    budget = yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())["budget"]
+    args = cfg["trainer"]["args"]
+    assert {k: args[k] for k in budget} == {
+        k: _number(v) for k, v in budget.items()
+    }  # FALCON's, not the host's 1e-5
     assert set(cfg["data"]) == {"forget", "retain", "anchor"}
     assert "TOFU_QA_forget" in cfg["data"]["forget"]
     assert (
@@ -57,7 +69,8 @@ def test_short_form_turns_train_yaml_into_a_falcon_unlearning_run() -> None:
 
 @pytest.mark.parametrize("bench", BENCHES)
 def test_short_form_equals_long_form(bench: str) -> None:
-    short = composed("train.yaml", f"experiment=unlearn/{bench}", "trainer=FALCON")
+    trainer = "FALCON_paper" if bench == "wmdp" else "FALCON"  # the WMDP experiment is the paper's protocol
+    short = composed("train.yaml", f"experiment=unlearn/{bench}", f"trainer={trainer}")
     long = composed("unlearn.yaml", f"experiment=unlearn/{bench}/falcon")
     assert short == long
     assert long["trainer"]["handler"] == "FALCON" and long["mode"] == "unlearn"
@@ -85,7 +98,8 @@ def test_wmdp_uses_the_paper_settings_and_nulls_rmu_arguments() -> None:
     args, method = cfg["trainer"]["args"], cfg["trainer"]["method_args"]
     assert (args["learning_rate"], args["max_steps"]) == (5e-5, 80)
     assert method["layer"] == 7 and method["steering_coeff"] == 20
-    assert method["trainable_params_regex"] is None  # FALCON's default: down_proj of layers 5..7
+    assert method["trainable_params_regex"] is None and method["trainable_modules"] == "down_proj"
+    assert method["retain_weight"] == 100  # trainer=FALCON_paper: down_proj of layers 5..7, alpha 100
     assert all(method[k] is None for k in RMU_ONLY)
 
 
@@ -113,6 +127,6 @@ def test_falcon_yaml_matches_the_core_defaults() -> None:
 
 def test_every_packaged_experiment_declares_the_global_package() -> None:
     files = sorted((PACKAGED / "experiment").rglob("*.yaml"))
-    assert len(files) == 2 * len(BENCHES)
+    assert len(files) == 2 * len(BENCHES)  # the long and the short form of each benchmark
     for path in files:
         assert path.read_text().startswith("# @package _global_"), path

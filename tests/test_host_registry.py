@@ -59,7 +59,7 @@ def test_fake_host_run_constructs_and_trains_falcon(tmp_path: Path) -> None:
             "experiment=unlearn/tofu",
             "trainer=FALCON",
             "task_name=e2e",
-            "+trainer.args.max_steps=2",
+            "++trainer.args.max_steps=2",
             "trainer.method_args.mi.samples=8",
         ],
         cwd=tmp_path,

@@ -4,20 +4,28 @@ FALCON's own state (l*, the MI report, the POV, the frozen copies of the
 trainable tensors) is saved with every checkpoint (``falcon_state.pt``) and restored on resume, never
 recomputed; the Trainer restores weights, optimizer, scheduler and RNG state. Inside open-unlearning
 a user resumes with ``++trainer.args.resume_from_checkpoint=PATH``: the host then calls ``train()``
-with no argument, which these tests do too.
+with no argument, which these tests do too. The host's retain partners come from the global torch RNG;
+``test_resume_inside_the_host_is_bit_identical`` runs tests/fixtures/fake_host, which draws them the
+same way, on whatever transformers the tests import (``PYTHONPATH=DIR`` with transformers 4.45.1 in
+DIR runs it on the host's pinned version).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import CharTokenizer, qa_items, tiny_llama
 from transformers import TrainerCallback, TrainingArguments
 
+from falcon_plugin import replay
 from falcon_plugin import setup as falcon_setup
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
 from falcon_plugin.state import STATE_FILE, FalconState
@@ -187,7 +195,9 @@ def test_save_only_model_warns_at_construction_and_refuses_an_inexact_resume(
     with caplog.at_level(logging.WARNING, logger="falcon_plugin.validation"):
         trainer = _trainer(tmp_path / "model_only", save_only_model=True, max_steps=SAVE_AT)
     assert any(
-        "save_only_model=True" in r.getMessage() and "cannot continue" in r.getMessage()
+        "save_only_model=True" in r.getMessage()
+        and "cannot continue" in r.getMessage()
+        and "trainer.args.save_only_model=false" in r.getMessage()  # the host override, as typed
         for r in caplog.records
     )
     trainer.train()
@@ -204,3 +214,142 @@ def test_resume_from_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path / "run", resume_from_checkpoint=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match=r"resume_from_checkpoint=.*nope.*not a checkpoint folder"):
         trainer.train()
+
+
+# ---------------------------------------------------------------------------------- inside the (fake) host
+# The host's ForgetRetainDataset draws each retain partner from the *global* torch RNG in __getitem__, and
+# the Trainer restores the checkpoint's RNG state only after the first batches past the resume point were
+# fetched (the dataloader also fetches one batch ahead, so no restore point of rng_state.pth is early enough).
+# tests/fixtures/fake_host pairs its items the same way; its TOFU set has 16 items, batch 4: 4 steps per epoch.
+HOST_STEPS = 6
+HOST_ARGS = [
+    "experiment=unlearn/tofu",
+    "trainer=FALCON",
+    f"++trainer.args.max_steps={HOST_STEPS}",  # ++: whether or not the composed config has the key
+    "trainer.args.save_strategy=steps",
+    "++trainer.args.save_steps=1",
+    "trainer.args.save_only_model=false",  # the host's default (true) makes checkpoints non-resumable
+    "trainer.method_args.mi.samples=8",
+]
+
+
+def _host_run(cwd: Path, task: str, *extra: str) -> Path:
+    import transformers
+    from test_host_registry import FAKE_HOST, run_python
+
+    # the host runs on the transformers these tests import (e.g. PYTHONPATH=/tmp/tf445 for 4.45.1)
+    site = Path(transformers.__file__).resolve().parents[1]
+    argv = [str(FAKE_HOST / "src" / "train.py"), *HOST_ARGS, f"task_name={task}", *extra]
+    proc = run_python(argv, cwd=cwd, extra_path=site)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "saves" / "unlearn" / task
+
+
+def _host_weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(out / "model.safetensors")
+
+
+def _host_logs(out: Path) -> dict[int, dict[str, float]]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h for h in history if "loss" in h}
+
+
+@pytest.fixture(scope="module")
+def host_straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted fake-host run of HOST_STEPS steps with a checkpoint after every step."""
+    return _host_run(tmp_path_factory.mktemp("host"), "straight")
+
+
+@pytest.mark.parametrize("cut", [2, 4, 5], ids=["mid-epoch-0", "epoch-boundary", "mid-epoch-1"])
+def test_resume_inside_the_host_is_bit_identical(host_straight: Path, cut: int, tmp_path: Path) -> None:
+    """Straight run vs. resumed from its checkpoint-``cut`` (a run cut there has exactly that checkpoint)."""
+    checkpoint = host_straight / f"checkpoint-{cut}"
+    assert (checkpoint / "rng_state.pth").is_file() and (checkpoint / "optimizer.pt").is_file()
+    resumed = _host_run(tmp_path, "resumed", f"++trainer.args.resume_from_checkpoint={checkpoint}")
+
+    expected, got = _host_weights(host_straight), _host_weights(resumed)
+    assert expected.keys() == got.keys()
+    differing = {
+        n: float((expected[n] - got[n]).abs().max()) for n in expected if not torch.equal(expected[n], got[n])
+    }
+    assert not differing, f"resumed from checkpoint-{cut}: weights differ from the straight run: {differing}"
+    # the resumed run's history is the checkpoint's (steps 1..cut) plus what it logged itself (cut+1..)
+    straight_logs, resumed_logs = _host_logs(host_straight), _host_logs(resumed)
+    assert sorted(resumed_logs) == list(range(1, HOST_STEPS + 1))
+    for step in range(cut + 1, HOST_STEPS + 1):
+        assert resumed_logs[step] == straight_logs[step], (
+            f"step {step} logged differently after resuming at {cut}"
+        )
+
+
+# ---------------------------------------------------------------------------------- falcon_plugin.replay
+class _GlobalRngPairs(torch.utils.data.Dataset):
+    """Draws from all three global RNGs in ``__getitem__`` (the host draws from torch's)."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> tuple[int, int, float, float]:
+        return i, int(torch.randint(0, 1000, (1,))), random.random(), float(np.random.rand())
+
+
+def _global_states() -> tuple[Any, ...]:
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+
+
+def test_replayable_items_are_a_function_of_seed_epoch_and_index() -> None:
+    items = replay.ReplayableItems(_GlobalRngPairs(), seed=0)
+    first = [items[i] for i in range(len(items))]
+    torch.manual_seed(123)  # whatever the global RNGs hold
+    random.seed(5)
+    np.random.seed(9)
+    before = _global_states()
+    again = [items[i] for i in reversed(range(len(items)))][::-1]  # another order, another time
+    after = _global_states()
+    assert again == first
+    assert torch.equal(before[0], after[0]) and before[1] == after[1] and (before[2] == after[2]).all()
+    assert len({item[1] for item in first}) > 8  # still random draws, not one repeated value
+    items.epoch = 1
+    assert all(a != b for a, b in zip(first, [items[i] for i in range(len(items))], strict=True))
+    other_seed = replay.ReplayableItems(_GlobalRngPairs(), seed=1)
+    assert [other_seed[i] for i in range(len(items))] != first
+    assert len(items) == 16 and items.dataset.__class__ is _GlobalRngPairs
+
+
+def test_replayable_wraps_map_style_datasets_only() -> None:
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(3))
+
+    stream, pairs = Stream(), _GlobalRngPairs()
+    assert replay.replayable(stream, 0) is stream
+    assert replay.replayable(None, 0) is None
+    wrapped = replay.replayable(pairs, 0)
+    assert isinstance(wrapped, replay.ReplayableItems) and replay.replayable(wrapped, 0) is wrapped
+
+
+def test_the_trainer_iterates_replayable_items_and_keeps_its_train_dataset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trainer = _trainer(tmp_path / "run", dataloader_num_workers=1, dataloader_persistent_workers=True)
+    dataset = trainer.train_dataset
+    with caplog.at_level(logging.WARNING, logger="falcon_plugin.replay"):
+        loader = trainer.get_train_dataloader()
+    assert trainer.train_dataset is dataset
+    assert isinstance(loader.dataset, replay.ReplayableItems) and loader.dataset.dataset is dataset
+    assert any("dataloader_persistent_workers=True" in r.getMessage() for r in caplog.records)
+
+
+def test_the_trainers_rng_file_loads_with_weights_only(tmp_path: Path) -> None:
+    """transformers 4.45 reads rng_state.pth with a bare torch.load: weights_only=True from torch 2.6."""
+    path = tmp_path / "rng_state.pth"
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    torch.save(state, path)  # what Trainer._save_rng_state writes (on CPU)
+    with pytest.raises(pickle.UnpicklingError, match="numpy"):
+        torch.load(path, weights_only=True)
+    with replay.trainer_rng_state_loading():
+        loaded = torch.load(path, weights_only=True)
+    assert loaded["python"] == state["python"] and torch.equal(loaded["cpu"], state["cpu"])
+    assert (loaded["numpy"][1] == state["numpy"][1]).all()

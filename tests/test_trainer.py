@@ -20,6 +20,9 @@ from falcon_plugin.masks import token_mask
 from falcon_plugin.projection import resolve_gradient_conflict
 from falcon_plugin.trainer import FALCON, FalconMixin, falcon_trainer_class
 
+MLP_WEIGHTS = ("gate_proj", "up_proj", "down_proj")
+"""The default trainable tensors of a Llama layer (``trainable_modules: mlp``)."""
+
 
 def make_args(tmp_path, **overrides) -> TrainingArguments:
     base = dict(
@@ -59,7 +62,7 @@ def test_training_changes_only_the_trainable_tensors(tmp_path, tokenizer, forget
     trainer = make_trainer(tmp_path, model, forget_retain, tokenizer, layer=3)
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2, 3)}
+    assert changed == {f"model.layers.{i}.mlp.{m}.weight" for i in (1, 2, 3) for m in MLP_WEIGHTS}
     logs = [entry for entry in trainer.state.log_history if "falcon/forget_loss" in entry]
     assert logs and {"falcon/retain_loss", "falcon/grad_cosine", "falcon/projection_rate"} <= set(logs[0])
     assert logs[0]["falcon/layer"] == 3
@@ -187,7 +190,9 @@ def test_layer_auto_picks_the_argmin_and_writes_its_report(tmp_path, tokenizer, 
     assert len(report["scores"]) == 5
     argmin = min(range(5), key=lambda i: (report["scores"][i], i))
     assert report["chosen_layer"] == argmin == trainer.falcon_layer
-    expected = {f"model.layers.{i}.mlp.down_proj.weight" for i in range(max(0, argmin - 2), argmin + 1)}
+    expected = {
+        f"model.layers.{i}.mlp.{m}.weight" for i in range(max(0, argmin - 2), argmin + 1) for m in MLP_WEIGHTS
+    }
     assert set(trainer.falcon_state.trainable_names) == expected
 
 
@@ -246,7 +251,7 @@ def test_thirty_layer_model_trains_at_layer_seven(tmp_path, tokenizer):
     )
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)}
+    assert changed == {f"model.layers.{i}.mlp.{m}.weight" for i in (5, 6, 7) for m in MLP_WEIGHTS}
 
 
 def test_optimizer_has_no_empty_parameter_groups(tmp_path, tokenizer, forget_retain):
@@ -255,4 +260,4 @@ def test_optimizer_has_no_empty_parameter_groups(tmp_path, tokenizer, forget_ret
     trainer.train()
     groups = trainer.optimizer.param_groups
     assert groups and all(group["params"] for group in groups)
-    assert sum(len(g["params"]) for g in groups) == 3
+    assert sum(len(g["params"]) for g in groups) == 3 * len(MLP_WEIGHTS)

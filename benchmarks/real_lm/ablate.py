@@ -25,24 +25,62 @@ from benchmarks.real_lm.runs import RunSpec, mlp_regex, run
 
 LAYER = 7
 MLP = mlp_regex(LAYER - 2, LAYER)
+PAPER = {"layer": LAYER, "trainable_modules": "down_proj", "retain_weight": 100}
+"""The official method_args (trainer=FALCON_paper), spelt out so the grid does not move with the defaults."""
 GRID: tuple[RunSpec, ...] = (
-    RunSpec("paper_lr5e-5", 5e-5, method_args={"layer": LAYER}),
-    RunSpec("paper_lr3e-4", 3e-4, method_args={"layer": LAYER}),
-    RunSpec("paper_lr1e-3", 1e-3, method_args={"layer": LAYER}),
-    RunSpec("down_rw10_lr1e-3", 1e-3, method_args={"layer": LAYER, "retain_weight": 10}),
-    RunSpec("mlp_rw10_lr1e-4", 1e-4, method_args={"layer": LAYER, "retain_weight": 10, "trainable_params_regex": MLP}),
-    RunSpec("mlp_rw10_lr3e-4", 3e-4, method_args={"layer": LAYER, "retain_weight": 10, "trainable_params_regex": MLP}),
-    RunSpec("mlp_rw10_lr1e-3", 1e-3, method_args={"layer": LAYER, "retain_weight": 10, "trainable_params_regex": MLP}),
-    RunSpec("mlp_rw100_lr1e-3", 1e-3, method_args={"layer": LAYER, "trainable_params_regex": MLP}),
-    RunSpec("rmu_mlp_lr1e-4", 1e-4, method="RMU",
-            method_args={"layer": LAYER, "steering_coeff": 20, "alpha": 10, "trainable_params_regex": MLP}),
-    RunSpec("rmu_mlp_lr3e-4", 3e-4, method="RMU",
-            method_args={"layer": LAYER, "steering_coeff": 20, "alpha": 10, "trainable_params_regex": MLP}),
-    RunSpec("rmu_mlp_lr1e-3", 1e-3, method="RMU",
-            method_args={"layer": LAYER, "steering_coeff": 20, "alpha": 10, "trainable_params_regex": MLP}),
+    RunSpec("paper_lr5e-5", 5e-5, method_args=PAPER),
+    RunSpec("paper_lr3e-4", 3e-4, method_args=PAPER),
+    RunSpec("paper_lr1e-3", 1e-3, method_args=PAPER),
+    RunSpec("down_rw10_lr1e-3", 1e-3, method_args={**PAPER, "retain_weight": 10}),
+    RunSpec(
+        "mlp_rw10_lr1e-4",
+        1e-4,
+        method_args={"layer": LAYER, "retain_weight": 10, "trainable_params_regex": MLP},
+    ),
+    RunSpec(
+        "mlp_rw10_lr3e-4",
+        3e-4,
+        method_args={"layer": LAYER, "retain_weight": 10, "trainable_params_regex": MLP},
+    ),
+    RunSpec(
+        "mlp_rw10_lr1e-3",
+        1e-3,
+        method_args={"layer": LAYER, "retain_weight": 10, "trainable_params_regex": MLP},
+    ),
+    RunSpec(
+        "mlp_rw100_lr1e-3",
+        1e-3,
+        method_args={"layer": LAYER, "retain_weight": 100, "trainable_params_regex": MLP},
+    ),
+    RunSpec(
+        "rmu_mlp_lr1e-4",
+        1e-4,
+        method="RMU",
+        method_args={"layer": LAYER, "steering_coeff": 20, "alpha": 10, "trainable_params_regex": MLP},
+    ),
+    RunSpec(
+        "rmu_mlp_lr3e-4",
+        3e-4,
+        method="RMU",
+        method_args={"layer": LAYER, "steering_coeff": 20, "alpha": 10, "trainable_params_regex": MLP},
+    ),
+    RunSpec(
+        "rmu_mlp_lr1e-3",
+        1e-3,
+        method="RMU",
+        method_args={"layer": LAYER, "steering_coeff": 20, "alpha": 10, "trainable_params_regex": MLP},
+    ),
 )
-COLUMNS = ("forget", "forget_para_question", "forget_para_answer", "retain", "retain_para_question",
-           "retain_para_answer", "real_authors", "world_facts")
+COLUMNS = (
+    "forget",
+    "forget_para_question",
+    "forget_para_answer",
+    "retain",
+    "retain_para_question",
+    "retain_para_answer",
+    "real_authors",
+    "world_facts",
+)
 
 
 def prepare() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -69,7 +107,9 @@ def ratio_table(rows: dict[str, dict[str, Any]], target: dict[str, Any], columns
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", nargs="*", help="run only these grid names")
     parser.add_argument("--report", type=Path, help="write the Markdown table here")
     args = parser.parse_args(argv)
@@ -85,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.only and spec.name not in args.only:
             continue
         rows[spec.name] = run(spec, "ablation")
-        print(spec.name, {c: round(rows[spec.name][c], 4) for c in COLUMNS if c in rows[spec.name]}, flush=True)
+        print(
+            spec.name, {c: round(rows[spec.name][c], 4) for c in COLUMNS if c in rows[spec.name]}, flush=True
+        )
     table = ratio_table(rows, target, COLUMNS)
     print(table)
     if args.report:

@@ -81,7 +81,9 @@ def write_portable_config(folder: Path) -> None:
     """Write ``rope_theta`` at the top level too: 4.45.1 ignores 5.x's ``rope_parameters`` and would use 10000."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
-    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", SMOLLM2_ROPE_THETA))
+    theta = (config.get("rope_parameters") or {}).get(
+        "rope_theta", config.get("rope_theta", SMOLLM2_ROPE_THETA)
+    )
     config["rope_theta"] = theta
     config.setdefault("rope_scaling", None)
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -112,8 +114,9 @@ def load_tokenizer(folder: Path) -> Any:
 
 def encode_chat(tokenizer: Any, question: str, answer: str, max_length: int = 200) -> Example:
     """Chat-template prompt for ``question``; labels on the answer and its end-of-turn token only."""
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (prompt_ids + answer_ids)[:max_length]
@@ -149,7 +152,9 @@ def eval_sets(tokenizer: Any) -> dict[str, list[Example]]:
 
 
 @torch.no_grad()
-def answer_probability(model: torch.nn.Module, examples: Sequence[Example], pad_id: int, batch_size: int = 16) -> float:
+def answer_probability(
+    model: torch.nn.Module, examples: Sequence[Example], pad_id: int, batch_size: int = 16
+) -> float:
     """Mean over examples of exp(mean answer-token log-probability)."""
     values: list[float] = []
     order = sorted(range(len(examples)), key=lambda i: int(examples[i]["input_ids"].shape[0]))
@@ -164,21 +169,33 @@ def answer_probability(model: torch.nn.Module, examples: Sequence[Example], pad_
 
 
 @torch.no_grad()
-def greedy(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 40) -> list[str]:
+def greedy(
+    model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 40
+) -> list[str]:
     out = []
     for example in examples:
         cut = int((example["labels"] != IGNORE_INDEX).nonzero()[0])
         ids = example["input_ids"][:cut][None]
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         out.append(tokenizer.decode(gen[0, cut:], skip_special_tokens=True).strip())
     return out
 
 
-def evaluate(model: torch.nn.Module, tokenizer: Any, sets: dict[str, list[Example]], samples: int = 6) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, tokenizer: Any, sets: dict[str, list[Example]], samples: int = 6
+) -> dict[str, Any]:
     """Answer probability on every set, and greedy answers to the first ``samples`` forget questions."""
     model.eval()
-    result: dict[str, Any] = {name: answer_probability(model, rows, tokenizer.pad_token_id) for name, rows in sets.items()}
+    result: dict[str, Any] = {
+        name: answer_probability(model, rows, tokenizer.pad_token_id) for name, rows in sets.items()
+    }
     result["forget_greedy"] = greedy(model, tokenizer, sets["forget"][:samples])
     return result
 
@@ -196,13 +213,23 @@ def finetune_target(base: Path, out: Path | None = None) -> Path:
     data = [encode_chat(tokenizer, r["question"], r["answer"]) for r in forget + retain]
     recipe = TARGET_RECIPE
     args = TrainingArguments(
-        output_dir=str(out.with_name(out.name + ".work")), per_device_train_batch_size=recipe["batch_size"],
-        num_train_epochs=recipe["epochs"], learning_rate=recipe["learning_rate"], lr_scheduler_type="constant",
-        weight_decay=0.0, logging_steps=5, save_strategy="no", report_to=[], seed=recipe["seed"],
-        use_cpu=True, dataloader_num_workers=0,
+        output_dir=str(out.with_name(out.name + ".work")),
+        per_device_train_batch_size=recipe["batch_size"],
+        num_train_epochs=recipe["epochs"],
+        learning_rate=recipe["learning_rate"],
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        seed=recipe["seed"],
+        use_cpu=True,
+        dataloader_num_workers=0,
     )
     pad = tokenizer.pad_token_id
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=lambda rows: pad_examples(rows, pad))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data, data_collator=lambda rows: pad_examples(rows, pad)
+    )
     trainer.train()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -213,7 +240,9 @@ def finetune_target(base: Path, out: Path | None = None) -> Path:
     return out
 
 
-def cached_eval(name: str, folder_or_model: Any, tokenizer: Any, sets: dict[str, list[Example]]) -> dict[str, Any]:
+def cached_eval(
+    name: str, folder_or_model: Any, tokenizer: Any, sets: dict[str, list[Example]]
+) -> dict[str, Any]:
     path = CACHE / "evals" / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())

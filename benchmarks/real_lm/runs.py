@@ -42,17 +42,36 @@ def mlp_regex(first: int, last: int, part: str = r".*") -> list[str]:
     return [rf"model\.layers\.({ids})\.mlp\.{part}\.weight"]
 
 
-def _trainer(spec: RunSpec, model: torch.nn.Module, tokenizer: Any, args: Any, dataset: Any, collator: Any) -> Any:
+def quick_sets(sets: dict[str, Any]) -> dict[str, Any]:
+    """The first 20 rows of the forget / retain (trained and reworded) and real-author sets."""
+    return {name: sets[name][:QUICK_ROWS] for name in QUICK_SETS}
+
+
+def _trainer(
+    spec: RunSpec, model: torch.nn.Module, tokenizer: Any, args: Any, dataset: Any, collator: Any
+) -> Any:
     if spec.method == "FALCON":
         from falcon_plugin import FALCON
 
-        return FALCON(model=model, args=args, train_dataset=dataset, tokenizer=tokenizer, data_collator=collator,
-                      **spec.method_args)
+        return FALCON(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            tokenizer=tokenizer,
+            data_collator=collator,
+            **spec.method_args,
+        )
     if spec.method == "RMU":
         from falcon_plugin.tools.demo.baselines import RMUBaseline
 
-        return RMUBaseline(model=model, args=args, train_dataset=dataset, tokenizer=tokenizer, data_collator=collator,
-                           **spec.method_args)
+        return RMUBaseline(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            tokenizer=tokenizer,
+            data_collator=collator,
+            **spec.method_args,
+        )
     raise ValueError(f"unknown method {spec.method!r}; expected FALCON or RMU")
 
 
@@ -71,20 +90,38 @@ def run(spec: RunSpec, group: str) -> dict[str, Any]:
     forget, retain = common.train_rows()
     encode = lambda rows: [common.encode_chat(tokenizer, r["question"], r["answer"]) for r in rows]  # noqa: E731
     args = TrainingArguments(
-        output_dir=str(common.CACHE / "work" / spec.name), per_device_train_batch_size=4, max_steps=spec.steps,
-        learning_rate=spec.learning_rate, lr_scheduler_type="constant", weight_decay=0.0, logging_steps=10,
-        save_strategy="no", report_to=[], seed=0, use_cpu=True, disable_tqdm=True,
+        output_dir=str(common.CACHE / "work" / spec.name),
+        per_device_train_batch_size=4,
+        max_steps=spec.steps,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
     )
     start = time.perf_counter()
-    trainer = _trainer(spec, model, tokenizer, args, ForgetRetainDataset(encode(forget), encode(retain), seed=0),
-                       ForgetRetainCollator(tokenizer.pad_token_id))
+    trainer = _trainer(
+        spec,
+        model,
+        tokenizer,
+        args,
+        ForgetRetainDataset(encode(forget), encode(retain), seed=0),
+        ForgetRetainCollator(tokenizer.pad_token_id),
+    )
     trainer.train()
     train_seconds = time.perf_counter() - start
     sets = common.eval_sets(tokenizer)
     if spec.quick:
-        sets = {name: sets[name][:QUICK_ROWS] for name in QUICK_SETS}
+        sets = quick_sets(sets)
     result = common.evaluate(model, tokenizer, sets, samples=3 if spec.quick else 6)
-    result.update(spec=asdict(spec), train_seconds=round(train_seconds, 1),
-                  logs=[h for h in trainer.state.log_history if "loss" in h])
+    result.update(
+        spec=asdict(spec),
+        train_seconds=round(train_seconds, 1),
+        logs=[h for h in trainer.state.log_history if "loss" in h],
+    )
     common.atomic_json(path, result)
     return result

@@ -1,6 +1,7 @@
 """Leaderboard for benchmarks/tofu_quality.sh: reads $WORK/evals/{target,retain}/TOFU_SUMMARY.json,
-$WORK/unlearn/<METHOD>_lr<LR>/{TOFU_SUMMARY.json,relearn.json,seconds} and writes, atomically, into OUT:
-tofu_leaderboard.md / .csv / .json and tofu_pareto.png.
+$WORK/unlearn/<METHOD>_lr<LR>/{TOFU_SUMMARY.json,seconds}, the relearning attack's
+$WORK/attacks/<METHOD>_lr<LR>/attacks.json (``falcon-unlearn attack``, docs/attacks.md) and writes,
+atomically, into OUT: tofu_leaderboard.md / .csv / .json and tofu_pareto.png.
 
 Selection (per method, over its lr sweep): TOFU's protocol compares methods by forget_quality (KS-test
 p-value of the forget truth ratios against the retain model) at a model_utility close to the target's.
@@ -20,6 +21,7 @@ import sys
 import matplotlib
 import matplotlib.pyplot as plt
 
+from falcon_plugin.tools.attacks import leaderboard_columns, read_result
 from falcon_plugin.tools.common.pareto import pareto_front
 from falcon_plugin.tools.common.tables import markdown_table
 
@@ -42,6 +44,19 @@ def atomic(path, data, mode="w"):
     os.replace(tmp, path)
 
 
+def load_attack(run):
+    """The relearning attack's result of one run (``falcon-unlearn attack``), or None."""
+    path = os.path.join(work, "attacks", run, "attacks.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        return read_result(path)
+    except ValueError as err:
+        print(f"skipping {err}", file=sys.stderr)
+        return None
+
+
+protocol = None
 refs = {k: load(os.path.join(work, "evals", k, "TOFU_SUMMARY.json")) for k in ("target", "retain")}
 probes = {k: load(os.path.join(work, "evals", f"probe_{k}.json")) for k in ("base", "target")}
 runs = []
@@ -70,14 +85,16 @@ for d in sorted(glob.glob(os.path.join(udir, "*"))):
         **{k: s.get(k) for k in KEYS},
     }
     r["seconds"] = load(os.path.join(d, "seconds"))
-    rl = load(os.path.join(d, "relearn.json")) or load(os.path.join(work, f"relearn_{name}.json"))
-    if rl:
+    attack = load_attack(name)
+    if attack:
+        c = leaderboard_columns(attack)
         r.update(
-            relearn_prob_before=rl["before"]["prob"],
-            relearn_prob_after=rl["after"]["prob"],
-            relearn_rouge_before=rl["before"]["rougeL_recall"],
-            relearn_rouge_after=rl["after"]["rougeL_recall"],
+            relearn_prob_before=c.get("relearn/forget_prob_before"),
+            relearn_prob_after=c.get("relearn/forget_prob_after"),
+            relearn_rouge_before=c.get("relearn/forget_rougeL_recall_before"),
+            relearn_rouge_after=c.get("relearn/forget_rougeL_recall_after"),
         )
+        protocol = protocol or attack.get("protocol", {}).get("relearn")
     runs.append(r)
 
 mu_t = (refs["target"] or {}).get("model_utility")
@@ -144,7 +161,7 @@ md += [
 for k, p in probes.items():
     if p:
         md.append(
-            f"\nProbe `{k}` (forget set, relearn.py): answer prob {f(p['forget01']['prob'])}, "
+            f"\nProbe `{k}` (forget set, probe.py): answer prob {f(p['forget01']['prob'])}, "
             f"ROUGE-L recall {f(p['forget01']['rougeL_recall'])}"
         )
 md += [
@@ -172,8 +189,15 @@ md += [
     "",
     "Columns: forget_quality / model_utility / forget_truth_ratio / forget_Q_A_Prob / forget_Q_A_ROUGE = "
     "the host's TOFU evaluator (`TOFU_SUMMARY.json`); mu_ratio = model_utility / target's; relearn_* = "
-    "relearning attack (`relearn.py`: fine-tune on half of the forget set, measure answer probability and "
-    "ROUGE-L recall on the other half, before -> after); pareto = not dominated on (forget_quality, "
+    "relearning attack (`falcon-unlearn attack --attacks relearn`, docs/attacks.md: fine-tune on half of the "
+    "forget set, measure answer probability and ROUGE-L recall on the other half, before -> after; "
+    + (
+        "protocol: OPTML-Group/Unlearn-Simple's, here {steps} steps, lr {learning_rate:g}, effective batch "
+        "{effective_batch}, warm-up {warmup_steps} steps".format(**protocol)
+        if protocol
+        else "not run"
+    )
+    + "); pareto = not dominated on (forget_quality, "
     "model_utility) by another run; seconds = wall time of the host run (unlearning + its final eval) on the "
     "shared CPU.",
 ]

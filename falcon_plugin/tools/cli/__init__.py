@@ -1,4 +1,4 @@
-"""The ``falcon-unlearn`` command: ``demo``, ``mi``, ``leaderboard`` and ``sweep``, one module each.
+"""The ``falcon-unlearn`` command: ``demo``, ``mi``, ``leaderboard``, ``sweep`` and ``attack``, one module each.
 
 Each command module has ``add_parser(subparsers)`` and ``run(args) -> exit code``; :mod:`.common`
 holds the error convention and logging set-up. Bad input (a missing path, a malformed file, an
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from falcon_plugin.tools.common.errors import InputError
 
-from . import demo, leaderboard, mi, sweep
+from . import attack, demo, layer_sweep, leaderboard, mi, sweep
 from .common import FORMATTER, PROG, TOOLS_EXTRA_MODULES, Parser, bind_stdout, cli_environment, split_extra
 
 _DESCRIPTION = """\
@@ -23,7 +23,14 @@ Start with `falcon-unlearn demo` (offline, a few minutes on 2 CPU cores); `falco
 explains each command.
 """
 
-_COMMAND_MODULES = {"demo": demo, "mi": mi, "leaderboard": leaderboard, "sweep": sweep}
+_COMMAND_MODULES = {
+    "demo": demo,
+    "mi": mi,
+    "layer-sweep": layer_sweep,
+    "leaderboard": leaderboard,
+    "sweep": sweep,
+    "attack": attack,
+}
 """Subcommand name -> its module (``add_parser(subparsers)``, ``run(args)``): a new command is one entry."""
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {n: m.run for n, m in _COMMAND_MODULES.items()}
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import FORMATTER, add_common, emit
+from .common import FORMATTER, add_common, check_out_dir, check_seed, emit
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     from falcon_plugin.tools.attacks.runner import parse_attacks, run_attacks, validate
     from falcon_plugin.tools.common.tables import markdown_table
 
+    check_seed(args.seed)
+    check_out_dir(args.out)
     names = parse_attacks(args.attacks)
     options = options_from_args(args)
     validate(args.model, names, options, args.out)

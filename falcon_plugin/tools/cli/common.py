@@ -53,6 +53,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
 
 
+MIN_MAX_LENGTH = 8
+"""Shortest ``--max-length`` a command accepts: room for a prompt and an answer token (as ``attack``)."""
 SEED_MAX = 2**32 - 1
 """Largest seed every library the commands seed accepts (numpy's ``np.random.seed``, which the
 Trainer's ``set_seed`` calls; a negative seed would fail only there, after the fine-tuning)."""

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from falcon_plugin.tools.common.errors import InputError
 
-from .common import FORMATTER, add_common, emit
+from .common import (
+    FORMATTER,
+    MIN_MAX_LENGTH,
+    add_common,
+    check_out_dir,
+    check_positive,
+    check_seed,
+    emit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(layer chosen by MI, layer=auto), GradDiff and an RMU-style baseline at the same step budget,\n"
         "and print a side-by-side table.\n\n"
         "Writes into --out: results.md/.csv/.json, mi_report.json/.png, forget_vs_retain.png,\n"
-        "facts.jsonl (the data, with a split field) and finetuned/ (the fine-tuned model).",
+        "facts.jsonl (the data, with a split field) and finetuned/ (the fine-tuned model, reused by a\n"
+        "rerun with the same settings; an earlier run's results and MI report are removed at the start).",
         epilog="examples:\n  falcon-unlearn demo --out demo_out\n"
         "  falcon-unlearn demo --size ci --out /tmp/ci\n"
         "  falcon-unlearn demo --model ./my-llm --data qa.jsonl --out mine"
@@ -63,7 +72,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--finetune",
         default="auto",
         metavar="{auto,yes,no}",
-        help="fine-tune on all QA pairs first; auto: unless both --model and your own data are given",
+        help="fine-tune on all QA pairs first; auto: unless both --model and your own data are given. "
+        "A complete OUT/finetuned/ fine-tuned with the same settings is reused",
+    )
+    demo.add_argument("--max-length", type=int, help="tokens per QA pair (default: the size preset's, 48)")
+    demo.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: 1 for the built-in tiny model unless OMP_NUM_THREADS is set; "
+        "torch's default with --model)",
     )
     add_common(demo)
 
@@ -82,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
     for method in methods or ("",):
         if method not in METHODS:
             raise InputError(f"unknown method {method!r} in --methods; expected some of {', '.join(METHODS)}")
-    if args.steps is not None and args.steps < 1:
-        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    check_positive(args.steps, "--steps")
+    check_positive(args.max_length, "--max-length", MIN_MAX_LENGTH)
+    check_positive(args.threads, "--threads")
+    check_seed(args.seed)
+    check_out_dir(args.out)
     if args.model is not None and not args.model.exists():
         raise InputError(f"--model not found: {args.model}")
     for flag in ("data", "forget_data", "retain_data"):
@@ -103,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps,
             finetune=args.finetune,
             progress=not args.quiet,
+            max_length=args.max_length,
+            threads=args.threads,
         )
     )
     emit(result.markdown())

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import FORMATTER, add_common, emit
+from .common import FORMATTER, add_common, check_out_dir, emit
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="open-unlearning and demo results side by side, Pareto plot",
         description="Collect open-unlearning outputs (TOFU_SUMMARY.json, MUSE_SUMMARY.json, "
         "LMEval_SUMMARY.json, with\n"
-        "each run's .hydra/config.yaml for the method, model and split) and demo results.json files\n"
+        "each run's .hydra/config.yaml for the method, model and split), demo results.json files and\n"
+        "`falcon-unlearn attack` results (attacks.json, as before/after columns of the run they attacked)\n"
         "under the given folders. Writes leaderboard.md/.html/.json, <benchmark>.csv and\n"
         "<benchmark>_pareto.png (utility vs forgetting, Pareto front of the unlearning runs).",
         epilog="example:\n  falcon-unlearn leaderboard open-unlearning/saves demo_out --out board",
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the leaderboard and print its Markdown."""
     from falcon_plugin.tools.leaderboard import build
 
+    check_out_dir(args.out)
     _, text = build(args.dirs, args.out)
     emit(text)
     logger.info("leaderboard written to %s", args.out)

@@ -1,7 +1,8 @@
-"""``falcon-unlearn mi``: FALCON Step 1 (MI-guided layer selection) on any local HF causal LM.
+"""``falcon-unlearn mi``: FALCON Step 1 (layer selection) on any local HF causal LM, both criteria.
 
 The option defaults are the core's :class:`~falcon_plugin.config.MIConfig` defaults (what
-``trainer.method_args.mi`` uses when not set).
+``trainer.method_args.mi`` uses when not set). Every criterion is scored from one capture and printed
+side by side; ``--criterion`` names the one whose pick is the recommended layer.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from falcon_plugin.config import MIN_MI_SAMPLES, MIConfig, check_mi_sample_count
+from falcon_plugin.config import CRITERIA, MIConfig, check_mi_sample_count, min_mi_samples
 from falcon_plugin.tools.common.errors import InputError
 
-from .common import FORMATTER, add_common, emit
+from .common import FORMATTER, MIN_MAX_LENGTH, add_common, check_out_dir, check_positive, emit
 
 logger = logging.getLogger(__name__)
 _DEFAULTS = MIConfig()
@@ -26,10 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     mi = sub.add_parser(
         "mi",
         formatter_class=FORMATTER,
-        help="FALCON Step 1 on any HF causal LM: per-layer MI, recommended layer",
-        description="Score every decoder layer l by I(F_l; R_l) (+ eta * sum I(F_i; F_j) with several "
-        "forget sets)\n"
-        "from pooled activations, recommend l* = argmin, and write mi_report.json and mi_report.png.\n"
+        help="FALCON Step 1 on any HF causal LM: per-layer scores of both criteria, recommended layer",
+        description="Score every decoder layer l from pooled activations (one capture) with both Step-1 "
+        "criteria:\n"
+        "  separability: held-out I(H_l; D), how well layer l tells forget from retain; pick = argmax\n"
+        "  paper: the paper's paired I(F_l; R_l); pick = argmin\n"
+        "(several forget sets: + eta * the forget-forget terms). Recommend the --criterion's pick and "
+        "write\nmi_report.json and mi_report.png (both curves). See docs/mi.md to choose.\n"
         "Data files: JSON/JSONL records with 'question' and 'answer', or 'text' (a corpus document).",
         epilog="example:\n  falcon-unlearn mi --model demo_out/finetuned --forget forget.jsonl "
         "--retain retain.jsonl --out mi",
@@ -43,6 +47,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="forget-domain data file; repeat for several domains",
     )
     mi.add_argument("--retain", type=Path, required=True, help="retain data file")
+    mi.add_argument(
+        "--criterion",
+        default=_DEFAULTS.criterion,
+        metavar="{" + ",".join(CRITERIA) + "}",
+        help="criterion whose pick is the recommended layer; both are scored (default: %(default)s)",
+    )
+    mi.add_argument(
+        "--probe-folds",
+        type=int,
+        default=_DEFAULTS.probe_folds,
+        help="held-out folds of the separability probe (default: %(default)s)",
+    )
+    mi.add_argument(
+        "--min-layer",
+        type=int,
+        default=_DEFAULTS.min_layer,
+        help="shallowest layer either criterion may pick (default: %(default)s)",
+    )
     mi.add_argument(
         "--samples",
         type=int,
@@ -62,13 +84,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="token pooling (default: %(default)s)",
     )
     mi.add_argument(
-        "--estimator", default=_DEFAULTS.estimator, help="entropy estimator (default: %(default)s)"
+        "--estimator",
+        default=_DEFAULTS.estimator,
+        help="entropy estimator of the paper criterion (default: %(default)s)",
     )
     mi.add_argument(
         "--pca-variance",
         type=float,
         default=_DEFAULTS.pca_variance,
-        help="PCA variance kept (default: %(default)s)",
+        help="PCA variance kept by the paper criterion (default: %(default)s)",
     )
     mi.add_argument(
         "--batch-size",
@@ -101,14 +125,22 @@ def run(args: argparse.Namespace) -> int:
     from falcon_plugin.report import run_mi_selection
     from falcon_plugin.tools.common.hf import load_causal_lm
     from falcon_plugin.tools.common.qa_files import load_mi_records
-    from falcon_plugin.tools.common.tables import markdown_table
 
     for path in [*args.forget, args.retain]:
         if not path.exists():
             raise InputError(f"data file not found: {path}")
-    if args.samples < MIN_MI_SAMPLES:
-        raise InputError(f"--samples must be >= {MIN_MI_SAMPLES}, got {args.samples}")
+    if args.criterion not in CRITERIA:
+        raise InputError(f"unknown --criterion {args.criterion!r}; expected one of {', '.join(CRITERIA)}")
+    minimum = min_mi_samples(args.criterion, args.probe_folds)
+    if args.samples < minimum:
+        raise InputError(f"--samples must be >= {minimum}, got {args.samples}")
+    check_positive(args.max_length, "--max-length", MIN_MAX_LENGTH)
+    check_positive(args.batch_size, "--batch-size")
+    check_out_dir(args.out)
     config = MIConfig(
+        criterion=args.criterion,
+        probe_folds=args.probe_folds,
+        min_layer=args.min_layer,
         samples=args.samples,
         pca_variance=args.pca_variance,
         estimator=args.estimator,
@@ -120,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     files = [*args.forget, args.retain]
     records = [load_mi_records(p) for p in files]
     for path, recs in zip(files, records, strict=True):
-        check_mi_sample_count(len(recs), str(path))  # FalconConfigError: one error line, exit 2
+        check_mi_sample_count(len(recs), str(path), config)  # FalconConfigError: one error line, exit 2
     # the same number of samples from every file: the joint entropy pairs the i-th samples of two sets
     count = min(args.samples, *(len(r) for r in records))
     examples = [_examples(r, count, tokenizer, args.max_length, args.seed + i) for i, r in enumerate(records)]
@@ -133,8 +165,47 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     json_path, png_path = report.save(args.out)
-    rows = [[s.layer, s.score, "<- l*" if s.layer == report.chosen_layer else ""] for s in report.scores]
-    emit(markdown_table(["layer", "I(F;R) score (nats)", "chosen"], rows, digits=4))
-    emit(f"\nrecommended layer: {report.chosen_layer} ({count} samples per set)\n")
+    emit(criteria_table(report))
+    emit(
+        f"\nrecommended layer: {report.chosen_layer} (criterion {report.criterion}; "
+        f"{count} samples per set)\n"
+    )
+    emit(criteria_picks(report))
     logger.info("MI report written to %s and %s", json_path, png_path)
     return 0
+
+
+def criteria_table(report: Any) -> str:
+    """Markdown table: one row per layer, each criterion's score, and which criterion picks the layer."""
+    from falcon_plugin.report import RULES
+    from falcon_plugin.tools.common.tables import markdown_table
+
+    names = [report.criterion, *(n for n in report.criteria if n != report.criterion)]
+    by_layer = {n: {s.layer: s.score for s in report.criteria[n].scores} for n in names}
+    layers = sorted({layer for scores in by_layer.values() for layer in scores})
+    headers = ["layer", *(f"{n} ({RULES[n]})" for n in names), "picked by"]
+    rows = []
+    for layer in layers:
+        picks = [
+            n + (" <- l*" if n == report.criterion else "")
+            for n in names
+            if report.criteria[n].chosen_layer == layer
+        ]
+        rows.append([layer, *(by_layer[n].get(layer) for n in names), ", ".join(picks)])
+    return markdown_table(headers, rows, digits=4)
+
+
+def criteria_picks(report: Any) -> str:
+    """One line per criterion: its pick, and which one is the default and which one was used."""
+    from falcon_plugin.report import DEFAULT_CRITERION, RULES
+
+    lines = []
+    for name, result in report.criteria.items():
+        flags = (("default", name == DEFAULT_CRITERION), ("used", name == report.criterion))
+        notes = [n for n, on in flags if on]
+        note = f" ({', '.join(notes)})" if notes else ""
+        if result.error is not None:
+            lines.append(f"  {name}{note}: not scored ({result.error})\n")
+        else:
+            lines.append(f"  {name}{note}: {RULES[name]} -> layer {result.chosen_layer}\n")
+    return "picks:\n" + "".join(lines)

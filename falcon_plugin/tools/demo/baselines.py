@@ -104,7 +104,9 @@ class RMUBaseline(_UnlearnBase):
         self.steering_coeff = float(steering_coeff)
         self.alpha = float(alpha)
         if trainable_params_regex is None:
-            trainable_params_regex = list(default_trainable_regex(self.layer, path, OFFICIAL_TRAINABLE_MODULES))
+            trainable_params_regex = list(
+                default_trainable_regex(self.layer, path, OFFICIAL_TRAINABLE_MODULES)
+            )
         self.trainable_names = [
             n for n, _ in model.named_parameters() if any(re.fullmatch(p, n) for p in trainable_params_regex)
         ]

@@ -245,7 +245,10 @@ def _headline(name: str, data: dict[str, Any]) -> str:
     """One line per part for the log: the figures a reader looks for first."""
     if name == "scale":
         ours = data["analysis"]["ours"]
-        return f"peak {ours['peak_mib']:.0f} MiB = {ours['peak_over_weights']:.3f} x weights, step {ours['median_step_s']:.3f} s"
+        return (
+            f"peak {ours['peak_mib']:.0f} MiB = {ours['peak_over_weights']:.3f} x weights, "
+            f"step {ours['median_step_s']:.3f} s"
+        )
     targets = ", ".join(
         f"{t['name']} {t['status']}" for t in data.get("targets", []) if t["status"] != "SKIP"
     )

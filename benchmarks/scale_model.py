@@ -8,7 +8,8 @@ the same code path, a smaller tensor shape.
 ``build_random_model`` constructs the model's *parameters* on the ``meta`` device (no storage; the
 small buffers, e.g. the rotary ``inv_freq``, are real), then gives every parameter its own storage
 in the target dtype on the target device and fills it in place, chunk by chunk, from one seeded
-generator on that device (so CPU and CUDA weights differ; only shapes matter here): ``normal_(0, initializer_range)`` for matrices (what ``_init_weights`` does for Linear
+generator on that device (so CPU and CUDA weights differ; only shapes matter here):
+``normal_(0, initializer_range)`` for matrices (what ``_init_weights`` does for Linear
 and Embedding), ones for norm weights, zeros for biases. Peak memory while building is the model's
 size plus one chunk; a tied LM head stays tied (one storage).
 """

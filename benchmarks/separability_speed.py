@@ -10,7 +10,8 @@ Times, interleaved over ``--repeats`` rounds (medians reported):
 on random activations of the shape capture produces for that model (30 layers x 200 + 200 samples x 576).
 Target (issue 11): scoring all layers takes less than that one forward. Usage::
 
-    python benchmarks/separability_speed.py [--repeats 3] [--threads 1] [--out benchmarks/results/separability-cpu.json]
+    python benchmarks/separability_speed.py [--repeats 3] [--threads 1] \\
+        [--out benchmarks/results/separability-cpu.json]
 """
 
 from __future__ import annotations

@@ -93,7 +93,11 @@ class OursStep(StepVariant):
             disable_tqdm=True,
         )
         self.trainer = FALCON(
-            model=model, args=args, train_dataset=dataset, layer=layer, trainable_modules=OFFICIAL_TRAINABLE_MODULES
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            layer=layer,
+            trainable_modules=OFFICIAL_TRAINABLE_MODULES,
         )
         self.trainer._setup(None)  # what train() runs first: trainable flags, frozen copies, POV
         state = self.trainer.falcon_state

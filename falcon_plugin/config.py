@@ -239,7 +239,8 @@ class FalconConfig:
     )
     trainable_modules: str = _option(
         "mlp",
-        "default trainable tensors of layers l*-2..l* when `trainable_params_regex` is null: `mlp` (every MLP "
+        "default trainable tensors of layers l*-2..l* when `trainable_params_regex` is null: "
+        "`mlp` (every MLP "
         "weight; unlearns a real LM, docs/real_lm.md) or `down_proj` (the official code's)",
         choices=tuple(TRAINABLE_MODULES),
     )

@@ -15,7 +15,9 @@ from .masks import IGNORE_INDEX, token_mask  # noqa: F401 (re-exported; home: fa
 
 def _select(tensor: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
     if mask.shape != tensor.shape[: mask.dim()]:
-        raise ValueError(f"{what}: mask shape {tuple(mask.shape)} does not match activations {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{what}: mask shape {tuple(mask.shape)} does not match activations {tuple(tensor.shape)}"
+        )
     if not bool(mask.any()):
         raise EmptyMaskError(f"{what}: no token selected (every sequence is padding or has no answer tokens)")
     return tensor[mask].float()

@@ -15,7 +15,8 @@ import torch
 
 
 def principal_directions(activations: torch.Tensor, rank: int) -> torch.Tensor:
-    """Top-``rank`` right singular vectors v_1..v_K of an (N, D) activation matrix, as a (K, D) float32 tensor.
+    """Top-``rank`` right singular vectors v_1..v_K of an (N, D) activation matrix, as a (K, D)
+    float32 tensor.
 
     ``rank`` is clipped to min(N, D). The SVD runs in float32 on the activations' device.
     """

@@ -32,8 +32,13 @@ class ProjectionResult:
 
 
 def _combine(
-    g_f: torch.Tensor, g_r: torch.Tensor, dot: torch.Tensor, rr: torch.Tensor, conflict: torch.Tensor,
-    conflict_weights: tuple[float, float], align_weights: tuple[float, float],
+    g_f: torch.Tensor,
+    g_r: torch.Tensor,
+    dot: torch.Tensor,
+    rr: torch.Tensor,
+    conflict: torch.Tensor,
+    conflict_weights: tuple[float, float],
+    align_weights: tuple[float, float],
 ) -> torch.Tensor:
     # conflict: a_c (g_F - c g_R) + b_c g_R = a_c g_F + (b_c - a_c c) g_R ; aligned: a_a g_F + b_a g_R
     coef = dot / rr.clamp_min(EPS)
@@ -62,7 +67,9 @@ def resolve_gradient_conflict(
         raise ValueError(f"{len(forget_grads)} forget grads vs {len(retain_grads)} retain grads")
     if mode == "none":
         grads = [f + r for f, r in zip(forget_grads, retain_grads, strict=True)]
-        dots = torch.stack([(f.float() * r.float()).sum() for f, r in zip(forget_grads, retain_grads, strict=True)])
+        dots = torch.stack(
+            [(f.float() * r.float()).sum() for f, r in zip(forget_grads, retain_grads, strict=True)]
+        )
         ff = torch.stack([f.float().square().sum() for f in forget_grads])
         rr = torch.stack([r.float().square().sum() for r in retain_grads])
         cos = dots.sum() / (ff.sum().sqrt() * rr.sum().sqrt()).clamp_min(EPS)
@@ -70,7 +77,9 @@ def resolve_gradient_conflict(
     if mode not in ("per_tensor", "global"):
         raise ValueError(f"unknown projection mode {mode!r}; expected per_tensor, global or none")
 
-    dots = torch.stack([(f.float() * r.float()).sum() for f, r in zip(forget_grads, retain_grads, strict=True)])
+    dots = torch.stack(
+        [(f.float() * r.float()).sum() for f, r in zip(forget_grads, retain_grads, strict=True)]
+    )
     ff = torch.stack([f.float().square().sum() for f in forget_grads])
     rr = torch.stack([r.float().square().sum() for r in retain_grads])
     if mode == "global":

@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for item ``index`` in ``epoch`` of a run seeded with ``seed`` (well mixed: SeedSequence)."""
+    """A 63-bit seed for item ``index`` in ``epoch`` of a run seeded with ``seed``.
+
+    Well mixed: SeedSequence.
+    """
     words = np.random.SeedSequence([seed % 2**64, epoch, index]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
 
@@ -135,7 +138,10 @@ def _numpy_rng_state_types() -> list[Any]:
 
 
 def trainer_rng_state_loading() -> contextlib.AbstractContextManager[Any]:
-    """Allow-list the numpy RNG-state types for ``torch.load(weights_only=True)`` (torch >= 2.5); else no-op."""
+    """Allow-list the numpy RNG-state types for ``torch.load(weights_only=True)``.
+
+    Needs torch >= 2.5; else a no-op.
+    """
     safe_globals = getattr(torch.serialization, "safe_globals", None)
     if safe_globals is None:  # torch < 2.5: its torch.load does not default to weights-only loading
         return contextlib.nullcontext()

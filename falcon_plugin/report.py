@@ -287,6 +287,26 @@ def check_mi_inputs(
         )
 
 
+def _fallback_criterion(config: MIConfig, criteria: Mapping[str, CriterionResult]) -> str:
+    """The criterion whose pick is l*: ``config.criterion``, unless separability has no evidence.
+
+    When no layer's held-out separability is above 0 (the probe cannot tell forget from retain at any
+    layer: too few samples, or sets that really look alike), its pick would be a tie-break among noise;
+    l* is then the paper criterion's pick, and the report names ``paper`` as the criterion that chose.
+    """
+    if config.criterion != "separability":
+        return config.criterion
+    paper = criteria.get("paper")
+    if any(s.score > 0 for s in criteria["separability"].scores) or paper is None or paper.error is not None:
+        return config.criterion
+    logger.warning(
+        "FALCON Step 1: no layer's activations tell forget from retain on held-out samples (separability "
+        "0 at every layer); l* falls back to the paper criterion's pick, layer %s",
+        paper.chosen_layer,
+    )
+    return "paper"
+
+
 def run_mi_selection(
     model: nn.Module,
     forget_domains: Sequence[Sequence[Mapping[str, torch.Tensor]]],
@@ -333,7 +353,8 @@ def run_mi_selection(
             )
             criteria[name] = CriterionResult(name, None, [], 0.0, f"{type(err).__name__}: {err}")
     done = time.perf_counter()
-    result = criteria[config.criterion]
+    chosen_by = _fallback_criterion(config, criteria)
+    result = criteria[chosen_by]
     assert result.chosen_layer is not None
     for name, other in criteria.items():
         if other.error is None:
@@ -347,12 +368,12 @@ def run_mi_selection(
     )
     logger.info(
         "FALCON Step 1 (criterion %s) selected layer l* = %d (%s)",
-        config.criterion,
+        chosen_by,
         result.chosen_layer,
         others,
     )
     return MIReport(
-        criterion=config.criterion,
+        criterion=chosen_by,
         chosen_layer=result.chosen_layer,
         criteria=criteria,
         config={

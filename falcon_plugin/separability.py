@@ -165,7 +165,8 @@ def check_sample_counts(
             raise SeparabilityInputError(f"separability: {what} is empty (0 samples)")
         if count < folds:
             raise SeparabilityInputError(
-                f"separability: {what} has {count} samples; the held-out split (folds={folds}) needs >= {folds}"
+                f"separability: {what} has {count} samples; "
+                f"the held-out split (folds={folds}) needs >= {folds}"
             )
 
 
@@ -355,7 +356,8 @@ def recommend_layer(
     eligible = [s for s in scores if min_layer is None or s.layer >= min_layer]
     if not eligible:
         raise SeparabilityInputError(
-            f"separability: min_layer={min_layer!r} leaves no layer (scored layers {[s.layer for s in scores]})"
+            f"separability: min_layer={min_layer!r} leaves no layer "
+            f"(scored layers {[s.layer for s in scores]})"
         )
     best = max(s.score for s in eligible)
     if best <= 0:

@@ -147,7 +147,10 @@ class FalconMixin:
             self.train_dataset = dataset
 
     def _load_rng_state(self, checkpoint: str | None) -> Any:
-        """The Trainer's RNG restore, with numpy's RNG-state types allowed (transformers 4.45, torch >= 2.6)."""
+        """The Trainer's RNG restore, with numpy's RNG-state types allowed.
+
+        (transformers 4.45, torch >= 2.6.)
+        """
         with trainer_rng_state_loading():
             return super()._load_rng_state(checkpoint)  # type: ignore[misc]
 

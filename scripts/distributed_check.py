@@ -96,16 +96,27 @@ def build_model() -> Any:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     config._attn_implementation = "eager"
     return LlamaForCausalLM(config)
 
 
 def load_model(path: Path) -> Any:
-    """``from_pretrained`` as the host loads models; under an active ZeRO-3 config this partitions them (zero.Init)."""
+    """``from_pretrained`` as the host loads models.
+
+    Under an active ZeRO-3 config this partitions them (zero.Init).
+    """
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM.from_pretrained(path, attn_implementation="eager")
@@ -142,8 +153,12 @@ class Case:
 
     @property
     def name(self) -> str:
-        extras = [f"gas{self.gas}" if self.gas > 1 else "", "auto" if self.layer == "auto" else "",
-                  "zero_init" if self.zero_init else "", f"log{self.logging_steps}" if self.logging_steps > 1 else ""]
+        extras = [
+            f"gas{self.gas}" if self.gas > 1 else "",
+            "auto" if self.layer == "auto" else "",
+            "zero_init" if self.zero_init else "",
+            f"log{self.logging_steps}" if self.logging_steps > 1 else "",
+        ]
         return "-".join([self.mode, *[e for e in extras if e]])
 
     @property
@@ -152,23 +167,39 @@ class Case:
         return Case("single", self.gas, self.layer, logging_steps=self.logging_steps)
 
     def argv(self) -> list[str]:
-        out = ["--worker", self.mode, "--gas", str(self.gas), "--layer", self.layer,
-               "--logging-steps", str(self.logging_steps)]
+        out = [
+            "--worker",
+            self.mode,
+            "--gas",
+            str(self.gas),
+            "--layer",
+            self.layer,
+            "--logging-steps",
+            str(self.logging_steps),
+        ]
         return [*out, "--zero-init"] if self.zero_init else out
 
 
 CASES = {
     c.name: c
     for c in (
-        Case("ddp"), Case("zero1"), Case("zero2"), Case("zero3"), Case("zero3", zero_init=True),
-        Case("ddp", gas=2), Case("zero2", gas=2), Case("zero3", gas=2), Case("zero3", layer="auto", zero_init=True),
+        Case("ddp"),
+        Case("zero1"),
+        Case("zero2"),
+        Case("zero3"),
+        Case("zero3", zero_init=True),
+        Case("ddp", gas=2),
+        Case("zero2", gas=2),
+        Case("zero3", gas=2),
+        Case("zero3", layer="auto", zero_init=True),
         Case("ddp", logging_steps=2),
     )
 }
 
 
 def count_all_reduces(trainer: Any) -> dict[int, int]:
-    """Count ``torch.distributed.all_reduce`` calls by the trainer's ``global_step`` at call time (patched in).
+    """Count ``torch.distributed.all_reduce`` calls by the trainer's ``global_step`` at call time
+    (patched in).
 
     A step's gradient all-reduces happen while ``global_step`` is still the previous step's number; its
     ``log`` (after the optimizer step) sees the new number. So count[s] = gradient reduces of step s+1,
@@ -221,12 +252,24 @@ def worker(case: Case, out: Path) -> None:
     rank = int(os.environ.get("RANK", "0"))
     model = None if case.zero_init else load_model(out.parent / "model")
     args = TrainingArguments(
-        output_dir=str(out / "run"), per_device_train_batch_size=GLOBAL_BATCH // world // case.gas,
-        gradient_accumulation_steps=case.gas, max_steps=STEPS, learning_rate=1e-2, lr_scheduler_type="constant",
-        logging_steps=case.logging_steps, report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
-        ddp_backend="gloo" if world > 1 else None, deepspeed=deepspeed_config(stage) if stage is not None else None,
+        output_dir=str(out / "run"),
+        per_device_train_batch_size=GLOBAL_BATCH // world // case.gas,
+        gradient_accumulation_steps=case.gas,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        logging_steps=case.logging_steps,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        ddp_backend="gloo" if world > 1 else None,
+        deepspeed=deepspeed_config(stage) if stage is not None else None,
     )
-    if model is None:  # the host's accelerate default: ZeRO-3 with zero3_init_flag, the model partitioned at load
+    if (
+        model is None
+    ):  # the host's accelerate default: ZeRO-3 with zero3_init_flag, the model partitioned at load
         import deepspeed
 
         _ = args.device  # initialises torch.distributed
@@ -234,8 +277,13 @@ def worker(case: Case, out: Path) -> None:
         model = load_model(out.parent / "model")
     layer: int | str = case.layer if case.layer == "auto" else int(case.layer)
     trainer = FALCON(
-        model=model, train_dataset=build_dataset(), tokenizer=CharTokenizer(), data_collator=ForgetRetainCollator(0),
-        args=args, layer=layer, mi={"samples": 16},
+        model=model,
+        train_dataset=build_dataset(),
+        tokenizer=CharTokenizer(),
+        data_collator=ForgetRetainCollator(0),
+        args=args,
+        layer=layer,
+        mi={"samples": 16},
     )
     all_reduces = count_all_reduces(trainer)
     local_forget = record_local_forget_loss(trainer)
@@ -257,12 +305,26 @@ def worker(case: Case, out: Path) -> None:
             weights[name] = param.detach().clone().cpu()
     partitioned = any(hasattr(p, "ds_id") and p.ds_tensor.numel() < p.ds_numel for p in params.values())
     history = trainer.state.log_history
-    torch.save({"rank": rank, "world": world, "losses": [h["loss"] for h in history if "loss" in h],
-                "weights": weights, "layer": state.layer, "pov": state.pov.cpu(), "seconds": elapsed,
-                "partitioned": partitioned, "gas": case.gas, "logging_steps": case.logging_steps,
-                "local_forget_loss": local_forget, "all_reduces_by_step": all_reduces,
-                "logged_forget_loss": {h["step"]: h["falcon/forget_loss"] for h in history if "falcon/forget_loss" in h}},
-               out / f"rank{rank}.pt")
+    torch.save(
+        {
+            "rank": rank,
+            "world": world,
+            "losses": [h["loss"] for h in history if "loss" in h],
+            "weights": weights,
+            "layer": state.layer,
+            "pov": state.pov.cpu(),
+            "seconds": elapsed,
+            "partitioned": partitioned,
+            "gas": case.gas,
+            "logging_steps": case.logging_steps,
+            "local_forget_loss": local_forget,
+            "all_reduces_by_step": all_reduces,
+            "logged_forget_loss": {
+                h["step"]: h["falcon/forget_loss"] for h in history if "falcon/forget_loss" in h
+            },
+        },
+        out / f"rank{rank}.pt",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -276,10 +338,29 @@ def launch(case: Case, out: Path, timeout: float) -> subprocess.CompletedProcess
     """Run ``case`` with torchrun (1 process for ``single``, else 2) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     nproc = 1 if case.mode == "single" else 2
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "LOCAL_SIZE": str(nproc), "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(Path(__file__).resolve()), *case.argv(), "--out", str(out)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "LOCAL_SIZE": str(nproc),
+        "PYTHONWARNINGS": "ignore",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(Path(__file__).resolve()),
+        *case.argv(),
+        "--out",
+        str(out),
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -305,17 +386,22 @@ def compare(reference: list[dict[str, Any]], ranks: list[dict[str, Any]]) -> dic
     initial = dict(load_model_initial(ref["weights"]))
     return {
         "weights_vs_single": max(_weight_diff(r["weights"], ref["weights"]) for r in ranks),
-        "losses_vs_single": max(abs(x - y) for r in ranks for x, y in zip(r["losses"], ref["losses"], strict=True)),
+        "losses_vs_single": max(
+            abs(x - y) for r in ranks for x, y in zip(r["losses"], ref["losses"], strict=True)
+        ),
         "weights_between_ranks": max(_weight_diff(r["weights"], ranks[0]["weights"]) for r in ranks),
         "weights_moved": _weight_diff(ref["weights"], initial),
-        "same_layer_and_pov": all(r["layer"] == ref["layer"] and bool((r["pov"] == ref["pov"]).all()) for r in ranks),
+        "same_layer_and_pov": all(
+            r["layer"] == ref["layer"] and bool((r["pov"] == ref["pov"]).all()) for r in ranks
+        ),
         "partitioned": bool(ranks[0]["partitioned"]),
         "train_seconds": round(max(r["seconds"] for r in ranks), 2),
     }
 
 
 def logged_metrics(ranks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The logged falcon/forget_loss vs. the mean over ranks of each rank's local mean over the logging window.
+    """The logged falcon/forget_loss vs. the mean over ranks of each rank's local mean over the
+    logging window.
 
     ``logged_vs_rank_mean``: max |logged - that mean| (0 up to rounding to 6 decimals); ``ranks_spread``: max
     |difference| between the two ranks' local window means (what a rank-0-only value would be off by);
@@ -335,8 +421,12 @@ def logged_metrics(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     extra = {s: counts.get(s, 0) - (gradient if s < steps else 0) for s in range(1, steps + 1)}
     return {
         "logged_steps": logged_steps,
-        "logged_vs_rank_mean": max(abs(r["logged_forget_loss"][s] - means[s]) for r in ranks for s in logged_steps),
-        "ranks_spread": max(abs(local_mean(ranks[0], s) - local_mean(r, s)) for r in ranks for s in logged_steps),
+        "logged_vs_rank_mean": max(
+            abs(r["logged_forget_loss"][s] - means[s]) for r in ranks for s in logged_steps
+        ),
+        "ranks_spread": max(
+            abs(local_mean(ranks[0], s) - local_mean(r, s)) for r in ranks for s in logged_steps
+        ),
         "gradient_reduces_per_step": gradient,
         "metric_reduces": extra,
     }
@@ -360,7 +450,10 @@ def run_case(case: Case, root: Path, timeout: float) -> dict[str, Any]:
         started = time.perf_counter()
         result = launch(c, out, timeout)
         if result.returncode != 0:
-            return {"error": f"{c.name}: exit {result.returncode}", "log_tail": (result.stdout + result.stderr)[-4000:]}
+            return {
+                "error": f"{c.name}: exit {result.returncode}",
+                "log_tail": (result.stdout + result.stderr)[-4000:],
+            }
         wall[c.name] = time.perf_counter() - started
     summary = compare(load_ranks(root / case.reference.name), load_ranks(root / case.name))
     summary["logged_metrics"] = logged_metrics(load_ranks(root / case.name))

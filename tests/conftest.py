@@ -22,9 +22,17 @@ def tiny_llama(num_layers: int = 6, hidden: int = 32, vocab: int = 64, seed: int
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     config._attn_implementation = "eager"
     return LlamaForCausalLM(config).eval()
@@ -40,7 +48,13 @@ class CharTokenizer:
     def __init__(self, vocab: int = 64) -> None:
         self.vocab = vocab
 
-    def __call__(self, text: str, add_special_tokens: bool = True, truncation: bool = False, max_length: int | None = None):
+    def __call__(
+        self,
+        text: str,
+        add_special_tokens: bool = True,
+        truncation: bool = False,
+        max_length: int | None = None,
+    ):
         ids = [3 + (b % (self.vocab - 3)) for b in text.encode()]
         if add_special_tokens:
             ids = [self.bos_token_id] + ids

@@ -1,4 +1,5 @@
-"""FALCON's shipped defaults unlearn: the settings a user gets from the configs, on a model that learnt its facts.
+"""FALCON's shipped defaults unlearn: the settings a user gets from the configs, on a model that
+learnt its facts.
 
 The trainer config (``configs/trainer/FALCON.yaml``: its ``budget`` of learning rate, batch and steps,
 which the TOFU/MUSE experiments use, and its ``method_args``, ``layer: auto`` included) is read from
@@ -159,7 +160,8 @@ def test_shipped_defaults_forget_and_retain(learnt: dict[str, Any], tmp_path: Pa
 
 
 def test_the_paper_values_forget_nothing(learnt: dict[str, Any], tmp_path: Path) -> None:
-    """Why the defaults changed: trainer=FALCON_paper (lr 5e-5, down_proj, retain weight 100) barely moves it."""
+    """Why the defaults changed: trainer=FALCON_paper (lr 5e-5, down_proj, retain weight 100)
+    barely moves it."""
     settings = shipped_settings()
     paper = {**settings["method_args"], "trainable_modules": "down_proj", "retain_weight": 100}
     forget, _ = _unlearn(learnt, tmp_path, 5e-5, paper, settings["batch_size"], settings["steps"])

@@ -97,7 +97,8 @@ def test_mi_and_pov_samples_follow_the_trainer_seed(tmp_path: Path) -> None:
 
 
 class _HostLikeDataset(ForgetRetainDataset):
-    """Pairs each forget item with a retain item drawn from the global torch RNG, as open-unlearning's does."""
+    """Pairs each forget item with a retain item drawn from the global torch RNG, as
+    open-unlearning's does."""
 
     def __getitem__(self, index: int) -> dict[str, dict[str, torch.Tensor]]:
         return {

@@ -123,6 +123,7 @@ def test_deepspeed_zero2_matches_one_process(root: Path) -> None:
 
 @needs_deepspeed
 def test_deepspeed_zero3_with_zero_init_and_accumulation_matches_one_process(root: Path) -> None:
-    """ZeRO-3 fallback (partitioned parameters from load time, gradient accumulation 2, MI layer selection)."""
+    """ZeRO-3 fallback (partitioned parameters from load time, gradient accumulation 2, MI layer
+    selection)."""
     summary = _run_and_compare(root, check.Case("zero3", gas=2, layer="auto", zero_init=True))
     assert summary["partitioned"]

@@ -159,10 +159,13 @@ def test_installed_distribution_exposes_plugin_configs_and_entry_point(tmp_path:
     probe = textwrap.dedent("""
         import importlib.util, importlib.resources, json
         from importlib.metadata import entry_points
+        searchpath = "hydra_plugins.falcon_plugin_searchpath.falcon_plugin_searchpath"
+        configs = importlib.resources.files("falcon_plugin.configs")
+        trainers = entry_points(group="open_unlearning.trainers")
         print(json.dumps({
-            "plugin": importlib.util.find_spec("hydra_plugins.falcon_plugin_searchpath.falcon_plugin_searchpath") is not None,
-            "config": importlib.resources.files("falcon_plugin.configs").joinpath("trainer/FALCON.yaml").is_file(),
-            "entry_point": [e.value for e in entry_points(group="open_unlearning.trainers") if e.name == "FALCON"],
+            "plugin": importlib.util.find_spec(searchpath) is not None,
+            "config": configs.joinpath("trainer/FALCON.yaml").is_file(),
+            "entry_point": [e.value for e in trainers if e.name == "FALCON"],
         }))
     """)
     proc = run_python(["-c", probe], cwd=tmp_path, pythonpath=False, timeout=60)

@@ -98,9 +98,13 @@ def test_sweep_runs_every_layer_writes_its_files_and_marks_the_picks(
     # FALCON changed the model: a layer's forget probability is not the model's before unlearning
     assert all(e["forget"]["prob"] != state["base"]["forget"]["prob"] for e in state["layers"])
     criteria = state["criteria"]
-    assert criteria["default"] == "separability" == criteria["used"]
-    assert set(criteria["picks"]) == {"separability", "paper"} and set(criteria["picks"].values()) <= {0, 1}
     report = json.loads((out / "mi_report.json").read_text())
+    evidence = any(s > 0 for s in report["criteria"]["separability"]["scores"])
+    # no layer separates forget from retain on this random tiny model: l* falls back to the paper's pick
+    assert criteria["default"] == "separability" and criteria["used"] == (
+        "separability" if evidence else "paper"
+    )
+    assert set(criteria["picks"]) == {"separability", "paper"} and set(criteria["picks"].values()) <= {0, 1}
     assert {n: d["chosen_layer"] for n, d in report["criteria"].items()} == criteria["picks"]
     with (out / "layer_sweep.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -224,12 +228,14 @@ def test_mi_prints_both_criteria_and_recommends_the_chosen_one(
         assert main([*base, "--out", str(out), "--criterion", criterion]) == 0
         printed = capsys.readouterr().out
         report = json.loads((out / "mi_report.json").read_text())
-        assert report["criterion"] == criterion
+        evidence = any(s > 0 for s in report["criteria"]["separability"]["scores"])
+        used = criterion if criterion == "paper" or evidence else "paper"  # the no-evidence fallback
+        assert report["criterion"] == used and report["config"]["criterion"] == criterion
         picks[criterion] = {n: d["chosen_layer"] for n, d in report["criteria"].items()}
         header = printed.splitlines()[0]
         assert "separability (argmax)" in header and "paper (argmin)" in header and "picked by" in header
-        assert f"recommended layer: {report['chosen_layer']} (criterion {criterion};" in printed
-        assert report["chosen_layer"] == picks[criterion][criterion]
+        assert f"recommended layer: {report['chosen_layer']} (criterion {used};" in printed
+        assert report["chosen_layer"] == picks[criterion][used]
         assert "separability (default" in printed and f"{criterion} (" in printed
         assert "<- l*" in printed
     assert picks["separability"] == picks["paper"]

@@ -49,7 +49,8 @@ def test_sample_minimum_knows_the_criterion() -> None:
 # ---------------------------------------------------------------------------------------------- planted
 def _planted(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(4, 200, 64) forget and retain: layer 0 two-dimensional, layers 1-3 forty-dimensional; forget and
-    retain differ only at layer 2 (tests/test_separability.py::test_paper_criterion_misses_the_planted_layer)."""
+    retain differ only at layer 2
+    (tests/test_separability.py::test_paper_criterion_misses_the_planted_layer)."""
     dims = [2, 40, 40, 40]
     rng = np.random.default_rng(seed)
     maps = [np.linalg.qr(rng.standard_normal((64, d)))[0].T for d in dims]
@@ -107,6 +108,24 @@ def test_report_picks_the_planted_layer_by_default_and_records_both(
     assert png_path.stat().st_size > 1000
     again = MIReport.from_dict(data)
     assert json.loads(json.dumps(again.to_dict())) == data  # the JSON reads back into the same report
+
+
+def test_no_separable_layer_falls_back_to_the_paper_pick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget and retain from one distribution at every layer: separability is 0 everywhere (no evidence),
+    so l* is the paper criterion's pick and the report says the paper chose."""
+    forget, retain = _planted()
+    forget[2] = retain[2][::-1].copy()  # remove the planted difference
+    _fake_capture(monkeypatch, {"forget[0]": forget, "retain": retain})
+    report = run_mi_selection(
+        tiny_llama(num_layers=4),
+        [_examples(200)],
+        _examples(200),
+        MIConfig(estimator="gaussian"),
+        progress=False,
+    )
+    assert all(s.score == 0 for s in report.criteria["separability"].scores)
+    assert report.criterion == "paper" and report.chosen_layer == report.criteria["paper"].chosen_layer == 0
+    assert report.config["criterion"] == "separability"  # what was asked for
 
 
 def test_min_layer_applies_to_both_criteria(monkeypatch: pytest.MonkeyPatch) -> None:

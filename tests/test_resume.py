@@ -220,7 +220,8 @@ def test_resume_from_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 # The host's ForgetRetainDataset draws each retain partner from the *global* torch RNG in __getitem__, and
 # the Trainer restores the checkpoint's RNG state only after the first batches past the resume point were
 # fetched (the dataloader also fetches one batch ahead, so no restore point of rng_state.pth is early enough).
-# tests/fixtures/fake_host pairs its items the same way; its TOFU set has 16 items, batch 4: 4 steps per epoch.
+# tests/fixtures/fake_host pairs its items the same way; its TOFU set has 16 items, batch 4:
+# 4 steps per epoch.
 HOST_STEPS = 6
 HOST_ARGS = [
     "experiment=unlearn/tofu",

@@ -1,4 +1,5 @@
-"""The ``separability`` Step-1 criterion (held-out I(H; D)) against the paper's paired I(F;R), on synthetic data."""
+"""The ``separability`` Step-1 criterion (held-out I(H; D)) against the paper's paired I(F;R),
+on synthetic data."""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def test_planted_layer_is_picked_among_noise_layers_of_any_dimension() -> None:
 
 
 def test_paper_criterion_misses_the_planted_layer() -> None:
-    """The same planted layer under the paper's argmin I(F;R): the pick follows the dimension, not the shift."""
+    """The same planted layer under the paper's argmin I(F;R): the pick follows the dimension,
+    not the shift."""
     from falcon_plugin.mi import score_layers, select_layer
 
     dims = [2, 40, 40, 40]

@@ -57,10 +57,25 @@ def test_real_30_layer_model_trains_at_layer_7_on_tofu(tmp_path, smollm2, two_th
     forget = [tokenize_qa(tokenizer, r["question"], r["answer"], 96) for r in _rows("forget01.json", 8)]
     retain = [tokenize_qa(tokenizer, r["question"], r["answer"], 96) for r in _rows("retain99.json", 8)]
     before = {n: p.detach().clone() for n, p in model.named_parameters() if ".mlp.down_proj" in n}
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=2, learning_rate=5e-5,
-                             logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
-    trainer = FALCON(model=model, train_dataset=ForgetRetainDataset(forget, retain), tokenizer=tokenizer,
-                     data_collator=ForgetRetainCollator(tokenizer.pad_token_id), args=args, layer=7)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        learning_rate=5e-5,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = FALCON(
+        model=model,
+        train_dataset=ForgetRetainDataset(forget, retain),
+        tokenizer=tokenizer,
+        data_collator=ForgetRetainCollator(tokenizer.pad_token_id),
+        args=args,
+        layer=7,
+    )
     trainer.train()
     changed = {n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])}
     assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)}

@@ -34,8 +34,9 @@ FAKE_TRAIN = textwrap.dedent('''
 ''')
 
 FAKE_EVAL = textwrap.dedent('''
-    """Fake src/eval.py: writes TOFU_EVAL/SUMMARY.json whose numbers depend on the method; like the host's
-    evaluator, forget_quality only with an existing retain_logs_path, and into saves/eval/<task> by default."""
+    """Fake src/eval.py: writes TOFU_EVAL/SUMMARY.json whose numbers depend on the method; like the
+    host's evaluator, forget_quality only with an existing retain_logs_path, and into saves/eval/<task>
+    by default."""
     import json, sys
     from pathlib import Path
     args = dict(a.lstrip("+").split("=", 1) for a in sys.argv[1:] if "=" in a)

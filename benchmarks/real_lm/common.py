@@ -56,7 +56,10 @@ def atomic_json(path: Path, payload: Any) -> None:
 
 
 def export_base_model(out: Path | None = None) -> Path:
-    """The GGUF as an fp32 HF folder that transformers 4.45.1 and 5.x read the same (rope_theta written flat)."""
+    """The GGUF as an fp32 HF folder that transformers 4.45.1 and 5.x read the same.
+
+    (``rope_theta`` written flat.)
+    """
     from transformers import AutoModelForCausalLM
 
     out = out or CACHE / "models" / "smollm2-135m-instruct"
@@ -78,7 +81,10 @@ def export_base_model(out: Path | None = None) -> Path:
 
 
 def write_portable_config(folder: Path) -> None:
-    """Write ``rope_theta`` at the top level too: 4.45.1 ignores 5.x's ``rope_parameters`` and would use 10000."""
+    """Write ``rope_theta`` at the top level too.
+
+    4.45.1 ignores 5.x's ``rope_parameters`` and would use 10000.
+    """
     path = folder / "config.json"
     config = json.loads(path.read_text())
     theta = (config.get("rope_parameters") or {}).get(
@@ -90,7 +96,10 @@ def write_portable_config(folder: Path) -> None:
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:
-    """The shared tokenizer files, with the chat template also inside tokenizer_config.json (4.45.1 reads it there)."""
+    """The shared tokenizer files, with the chat template also inside tokenizer_config.json.
+
+    (4.45.1 reads it there.)
+    """
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(src / name, dst / name)
     config = json.loads((dst / "tokenizer_config.json").read_text())

@@ -1,4 +1,5 @@
-"""Ground truth for Step 1 on a real LM: FALCON's defaults at every 2nd layer, and where each criterion points.
+"""Ground truth for Step 1 on a real LM: FALCON's defaults at every 2nd layer, and where each
+criterion points.
 
     python -m benchmarks.real_lm.layer_sweep --mi-report PATH/mi_report.json --out docs/results/real_lm_layers
 

@@ -33,7 +33,8 @@ class RunSpec:
     method: str = "FALCON"
     method_args: dict[str, Any] = field(default_factory=dict)
     quick: bool = False
-    """Evaluate on the first 20 rows of the forget / retain (trained and reworded) and real-author sets only."""
+    """Evaluate on the first 20 rows of the forget / retain (trained and reworded) and real-author
+    sets only."""
 
 
 def mlp_regex(first: int, last: int, part: str = r".*") -> list[str]:

@@ -23,6 +23,7 @@ Usage: build_data.py SRC_DIR OUT_DIR [N_PER_AUTHOR N_RA N_WF [K_FORGET N_RET_AUT
   to the same size); N_RET_AUTHORS (8) / K_RETAIN (20): retained authors and their training QA.
   The defaults give the full subset above; smaller values are the CPU "micro" scale of tofu_quality.sh.
 """
+
 import json
 import os
 import sys
@@ -41,15 +42,21 @@ def read(name):
         return [json.loads(line) for line in f if line.strip()]
 
 
-f05, f05p, f01, f01p = read("forget05"), read("forget05_perturbed"), read("forget01"), read("forget01_perturbed")
+f05, f05p, f01, f01p = (
+    read("forget05"),
+    read("forget05_perturbed"),
+    read("forget01"),
+    read("forget01_perturbed"),
+)
 assert len(f05) == 200 and len(f01) == 40
-assert [(r["question"], r["answer"]) for r in f05[160:]] == [(r["question"], r["answer"]) for r in f01], \
+assert [(r["question"], r["answer"]) for r in f05[160:]] == [(r["question"], r["answer"]) for r in f01], (
     "forget01 must be the last 2 authors of forget05"
+)
 assert [(r["question"], r["answer"]) for r in f05p] == [(r["question"], r["answer"]) for r in f05]
 need = {"question", "answer", "paraphrased_answer", "perturbed_answer", "paraphrased_question"}
 assert all(need <= set(r) for r in f05p + f01p), "perturbed files lack TOFU fields"
-ret_p = [r for a in range(n_ret_authors) for r in f05p[a * 20: a * 20 + n_per_author]]
-ret_train = [r for a in range(n_ret_authors) for r in f05[a * 20: a * 20 + k_retain]]
+ret_p = [r for a in range(n_ret_authors) for r in f05p[a * 20 : a * 20 + n_per_author]]
+ret_train = [r for a in range(n_ret_authors) for r in f05[a * 20 : a * 20 + k_retain]]
 fg = [i for a in range(2) for i in range(a * 20, a * 20 + k_forget)]
 f01, f01p = [f01[i] for i in fg], [f01p[i] for i in fg]
 ra = read("real_authors_perturbed")[:n_ra]
@@ -61,7 +68,7 @@ splits = {
     "retain": [{"question": r["question"], "answer": r["answer"]} for r in ret_train],
     "forget01": f01,
     "forget01_perturbed": f01p,
-    "holdout01": read("holdout01")[:len(f01)],
+    "holdout01": read("holdout01")[: len(f01)],
     "retain_perturbed": ret_p,
     "real_authors_perturbed": ra,
     "world_facts_perturbed": wf,
@@ -81,6 +88,7 @@ with open(os.path.join(tmp, "README.md"), "w") as f:
     f.write("---\n# TOFU subset for falcon-unlearning benchmarks/tofu_quality.sh (real TOFU records, MIT)\n")
 if os.path.exists(out):
     import shutil
+
     shutil.rmtree(out)
 os.rename(tmp, out)
 print({k: len(v) for k, v in splits.items()})

@@ -289,7 +289,10 @@ def _sample(pairs: Sequence[QAPair], count: int, seed: int) -> list[QAPair]:
 def run_layer_sweep(
     inputs: SweepInputs, settings: SweepSettings, out: Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Criteria, the model before unlearning, then FALCON at each layer not yet in ``out``; returns the state."""
+    """Criteria, the model before unlearning, then FALCON at each layer not yet in ``out``.
+
+    Returns the state.
+    """
     from falcon_plugin.activations import find_decoder_layers
     from falcon_plugin.report import DEFAULT_CRITERION, run_mi_selection
 

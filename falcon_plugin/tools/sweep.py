@@ -327,7 +327,10 @@ def _trained_already(host: Path, plan: RunPlan) -> bool:
 
 
 def execute(host: Path, plan: RunPlan, log_dir: Path, start_at: int = 0) -> RunOutcome:
-    """Run a plan's commands from ``start_at`` (output to a log file); write the marker only if all succeed."""
+    """Run a plan's commands from ``start_at`` (output to a log file).
+
+    Writes the marker only if all succeed.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{plan.task}.log"
     start = time.perf_counter()

@@ -36,7 +36,8 @@ from ..common.errors import InputError
 from .specs import BNB_BLOCKSIZE, QuantSpec
 
 logger = logging.getLogger(__name__)
-# bitsandbytes' FP4 code (functional.get_4bit_type("fp4")): e2m1 magnitudes {0, 0.0625, 2, 3, 4, 6, 8, 12} / 12
+# bitsandbytes' FP4 code (functional.get_4bit_type("fp4")):
+# e2m1 magnitudes {0, 0.0625, 2, 3, 4, 6, 8, 12} / 12
 _FP4_MAGNITUDES = torch.tensor([0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0], dtype=torch.float64) / 12.0
 FP4_CODE = torch.sort(torch.cat([-_FP4_MAGNITUDES[1:], _FP4_MAGNITUDES])).values.float()
 

@@ -1,4 +1,5 @@
-"""The ``falcon-unlearn`` command: ``demo``, ``mi``, ``leaderboard``, ``sweep`` and ``attack``, one module each.
+"""The ``falcon-unlearn`` command: ``demo``, ``mi``, ``leaderboard``, ``sweep`` and ``attack``,
+one module each.
 
 Each command module has ``add_parser(subparsers)`` and ``run(args) -> exit code``; :mod:`.common`
 holds the error convention and logging set-up. Bad input (a missing path, a malformed file, an

@@ -19,8 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "attack",
         formatter_class=FORMATTER,
-        help="recovery attacks (relearning, LoRA relearning, quantization): does forgotten knowledge come back?",
-        description="Attack a saved Hugging Face model folder (e.g. an unlearned model the host wrote) and measure\n"
+        help="recovery attacks (relearning, LoRA relearning, quantization): "
+        "does forgotten knowledge come back?",
+        description="Attack a saved Hugging Face model folder (e.g. an unlearned model the host wrote) "
+        "and measure\n"
         "the forget data before and after each attack. The model folder is only read; attacks.json (and,\n"
         "with --save-models, the attacked models) go to --out.\n\n"
         "attacks (docs/attacks.md):\n"
@@ -35,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "shuffle, or give --train-data and --test-data. Metrics: answer probability and ROUGE-L recall\n"
         "(QA), MCQ accuracy, on the held-out test part (forget_*) and the train part (forget_train_*).",
         epilog="examples:\n"
-        "  falcon-unlearn attack --model saves/unlearn/falcon_tofu --data forget01.json --out attacks/falcon\n"
+        "  falcon-unlearn attack --model saves/unlearn/falcon_tofu --data forget01.json "
+        "--out attacks/falcon\n"
         "  falcon-unlearn attack --model m --train-data bio_forget_corpus.jsonl --test-data wmdp_bio.jsonl "
         "--attacks relearn --out a",
     )

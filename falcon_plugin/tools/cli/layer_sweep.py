@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     emit(markdown_table(columns, rows, digits=4))
     ranks = {row[0]: row[-2] for row in rows[1:]}
     emit(
-        f"\nscore = (1 - forget_prob/before) * (retain_prob/before); rank 1 = best of {len(rows) - 1} layers\n"
+        "\nscore = (1 - forget_prob/before) * (retain_prob/before); "
+        f"rank 1 = best of {len(rows) - 1} layers\n"
     )
     for name, layer in state["criteria"]["picks"].items():
         note = " (default)" if name == state["criteria"]["default"] else ""

@@ -35,8 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  falcon-unlearn sweep --host ../open-unlearning --benchmark tofu "
         "--methods FALCON,RMU,NPO,SimNPO,GradDiff \\\n"
         "      --lrs 1e-5,2e-5 -- trainer.args.per_device_train_batch_size=4\n"
-        "  falcon-unlearn sweep --host ../open-unlearning --benchmark tofu --split forget01 --eval-retain \\\n"
-        "      --retain-model /models/retain99 -- model.model_args.pretrained_model_name_or_path=/models/full \\\n"
+        "  falcon-unlearn sweep --host ../open-unlearning --benchmark tofu --split forget01 "
+        "--eval-retain \\\n"
+        "      --retain-model /models/retain99 -- "
+        "model.model_args.pretrained_model_name_or_path=/models/full \\\n"
         "      model.tokenizer_args.pretrained_model_name_or_path=/models/full "
         "model.model_args.attn_implementation=eager \\\n"
         "      model.model_args.torch_dtype=float32 ++model.model_args.device_map=cpu",

@@ -3,7 +3,8 @@
 Greedy, in display pixels: the most crowded point is labelled first; each label takes the first
 candidate position (rings of growing distance around its point, eight directions each) whose box
 stays inside the axes and touches no placed label, no marker and no leader line. A label away from
-its point gets a thin leader line, which crosses no other label and no other marker. When some label finds no free position, :func:`place_labels` gives up and says so,
+its point gets a thin leader line, which crosses no other label and no other marker. When some
+label finds no free position, :func:`place_labels` gives up and says so,
 so the caller can fall back to short labels (numbers keyed in the legend). Same input, same figure.
 """
 

@@ -114,7 +114,8 @@ def notes(rows: Sequence[Row], bench: Benchmark) -> list[str]:
     if lacking:
         names = ", ".join(r.task for r in lacking)
         return [
-            f"{len(lacking)} of {len(runs)} unlearning runs have no {forget.key}, not in the plot: {names}{why}."
+            f"{len(lacking)} of {len(runs)} unlearning runs have no {forget.key}, "
+            f"not in the plot: {names}{why}."
         ]
     return []
 

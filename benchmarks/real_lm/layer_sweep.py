@@ -89,13 +89,15 @@ def plot(rows: list[dict[str, Any]], chosen: dict[str, int], path: Path) -> None
     ):
         for axis in (top, bottom):
             axis.axvline(layer, color=color, linestyle="--", alpha=0.8)
+        right = layer > (min(layers) + max(layers)) / 2
         bottom.annotate(
             f"{name}: {layer}",
             (layer, bottom.get_ylim()[0]),
-            xytext=(3, 4),
+            xytext=(-3 if right else 3, 4),
             textcoords="offset points",
             color=color,
             fontsize=8,
+            ha="right" if right else "left",
         )
     bottom.legend(fontsize=8, loc="lower right")
     fig.suptitle("FALCON defaults per layer, SmolLM2-135M on TOFU forget01 (100 steps)", fontsize=10)

@@ -34,20 +34,9 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-logger = logging.getLogger("benchmarks.separability_speed")
+from benchmarks.models import SMOLLM_SHAPE  # noqa: E402
 
-SMOLLM_CONFIG: dict[str, Any] = {
-    "vocab_size": 49152,
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "head_dim": 64,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": True,
-}
+logger = logging.getLogger("benchmarks.separability_speed")
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -81,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = LlamaConfig(**{**SMOLLM_CONFIG, "num_hidden_layers": args.layers})
+    config = LlamaConfig(**{**SMOLLM_SHAPE, "num_hidden_layers": args.layers})
     model = LlamaForCausalLM(config).eval()
     ids = torch.randint(3, config.vocab_size, (args.batch, args.seq_len))
     rng = np.random.default_rng(0)

@@ -50,7 +50,7 @@ STEP = str(REPO_ROOT / "benchmarks" / "step.py")
 SCALE = str(REPO_ROOT / "benchmarks" / "scale.py")
 CAPS_S = {"step": 90, "mi": 90, "memory": 120, "scale": 150}
 """Most seconds each part may take on a GPU (the overall ``--time-limit`` may cut them shorter)."""
-FALLBACK_STEP = [
+SMOKE_STEP = [
     "--model",
     "random",
     "--layers",
@@ -69,9 +69,9 @@ FALLBACK_STEP = [
     "16",
     "--threads",
     "1",
-    "--memory-steps",
-    "1",
 ]
+"""``benchmarks/step.py`` at smoke size: a 4-layer hidden-64 random Llama (the CPU fallback; the tests)."""
+FALLBACK_STEP = [*SMOKE_STEP, "--memory-steps", "1"]
 FALLBACK_SCALE = [
     "--layers",
     "4",

@@ -12,28 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TINY = [
-    "--model",
-    "random",
-    "--layers",
-    "4",
-    "--hidden",
-    "64",
-    "--seq-len",
-    "32",
-    "--batch",
-    "2",
-    "--warmup",
-    "0",
-    "--repeats",
-    "1",
-    "--mi-samples",
-    "16",
-    "--threads",
-    "1",
-    "--log-level",
-    "WARNING",
-]
+from benchmarks.gpu_all import SMOKE_STEP  # noqa: E402
+
+TINY = [*SMOKE_STEP, "--log-level", "WARNING"]
 
 
 def _is_number(value: object) -> bool:

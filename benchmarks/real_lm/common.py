@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from falcon_plugin.data import IGNORE_INDEX, pad_examples
+from falcon_plugin.tools.demo.metrics import answer_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -161,23 +162,6 @@ def eval_sets(tokenizer: Any) -> dict[str, list[Example]]:
 
 
 @torch.no_grad()
-def answer_probability(
-    model: torch.nn.Module, examples: Sequence[Example], pad_id: int, batch_size: int = 16
-) -> float:
-    """Mean over examples of exp(mean answer-token log-probability)."""
-    values: list[float] = []
-    order = sorted(range(len(examples)), key=lambda i: int(examples[i]["input_ids"].shape[0]))
-    for start in range(0, len(order), batch_size):
-        batch = pad_examples([examples[i] for i in order[start : start + batch_size]], pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-        values += torch.exp((logp * mask).sum(-1) / mask.sum(-1)).tolist()
-    return sum(values) / len(values)
-
-
-@torch.no_grad()
 def greedy(
     model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 40
 ) -> list[str]:
@@ -197,13 +181,18 @@ def greedy(
     return out
 
 
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
 def evaluate(
     model: torch.nn.Module, tokenizer: Any, sets: dict[str, list[Example]], samples: int = 6
 ) -> dict[str, Any]:
     """Answer probability on every set, and greedy answers to the first ``samples`` forget questions."""
     model.eval()
     result: dict[str, Any] = {
-        name: answer_probability(model, rows, tokenizer.pad_token_id) for name, rows in sets.items()
+        name: _mean(answer_probabilities(model, rows, tokenizer.pad_token_id, batch_size=16))
+        for name, rows in sets.items()
     }
     result["forget_greedy"] = greedy(model, tokenizer, sets["forget"][:samples])
     return result

@@ -9,9 +9,9 @@ largest trainable tensor, S = bytes one decoder layer saves for backward per tok
 l = l*, V = vocabulary):
 
 * **ours** (``falcon_plugin.trainer.FalconMixin.compute_loss``): weights P b; frozen copies T b;
-  gradients: g_F and g_R (2 T b) plus the projection's float32 temporaries of one tensor
-  (``f.float() * r.float()``: 3 t 4 bytes) — or g_F, g_R and the combined update (3 T b) —
-  whichever is larger; activations: one pass's graph at a time (the forget graph is freed before
+  gradients: g_F and g_R (2 T b) plus the projection's temporaries (``falcon_plugin.projection``:
+  float32 dot products over chunks of ``DOT_CHUNK`` elements, 3 x 4 bytes each, and one tensor's
+  beta g_R, t b; the combined update is written into g_F's storage); activations: one pass's graph at a time (the forget graph is freed before
   the retain pass), layers l-2..l saved (3 S per token, an upper bound: the frozen parts of the
   first trainable layer save nothing) plus the no-grad prefix pass's largest transient and record.
 * **rmu** (open-unlearning ``src/trainer/unlearn/rmu.py`` under the HF Trainer, the WMDP
@@ -56,6 +56,7 @@ SCHEME_LABELS = {"ours": "FALCON (ours)", "rmu": "host RMU", "official": "offici
 COMPONENTS = ("weights", "frozen", "optimizer", "gradients", "activations")
 DEVICES_GIB = (24, 48, 80)
 DEVICE_RESERVE_GIB = 1.0
+DOT_CHUNK = 1 << 22  # = falcon_plugin.projection.DOT_CHUNK (tests/test_benchmarks.py checks; no torch here)
 """Held back on a GPU for the CUDA context, cuBLAS workspace and allocator slack."""
 ZERO3_STATE_BYTES = 16
 """Bytes per trainable parameter DeepSpeed keeps with bf16 on: fp32 master, two fp32 moments, fp32 grad."""
@@ -184,12 +185,12 @@ def breakdown(
     logits = tok * shape.vocab
     labelled = b + (4 if b < 4 else 0) + 4  # logits, their float32 copy (bf16 only), the log-softmax
     if scheme == "ours":
-        fp32_temporaries = (3 if b < 4 else 1) * largest * 4  # f.float(), r.float() and their product
+        chunk = min(DOT_CHUNK, largest) * 4 * (3 if b < 4 else 1)  # a.float(), b.float(), their product
         parts = {
             "weights": weights,
             "frozen": total_t * b,
             "optimizer": optimizer,
-            "gradients": max(2 * total_t * b + fp32_temporaries, 3 * total_t * b + 2 * largest * b),
+            "gradients": 2 * total_t * b + largest * b + chunk,
             "activations": tok
             * (ours_saved_bytes_per_token(shape, work) + (2 * shape.hidden + 3 * shape.intermediate) * b),
         }

@@ -27,7 +27,12 @@ def environment() -> dict[str, Any]:
         "loadavg": [round(x, 2) for x in load] if load else None,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git": git_state(),
+        # settings that change measured memory or time when present (glibc's allocator, BLAS threads)
+        "env": {k: os.environ[k] for k in MEASURED_ENV if k in os.environ},
     }
+
+
+MEASURED_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "OMP_NUM_THREADS")
 
 
 def git_state() -> dict[str, Any] | None:

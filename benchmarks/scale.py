@@ -324,6 +324,19 @@ def analyse(child: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 "threshold": TARGET_PEAK_OVER_WEIGHTS,
                 "status": "PASS" if ratio <= TARGET_PEAK_OVER_WEIGHTS else "FAIL",
             },
+            *(
+                [
+                    {
+                        "name": "peak_above_imports_vs_weights",
+                        "metric": "peak memory above the interpreter / bf16 weights (a GPU's definition)",
+                        "value": round(above / weights_mib, 4),
+                        "threshold": TARGET_PEAK_OVER_WEIGHTS,
+                        "status": "PASS" if above / weights_mib <= TARGET_PEAK_OVER_WEIGHTS else "FAIL",
+                    }
+                ]
+                if cpu
+                else []
+            ),
             {
                 "name": "fits_budget",
                 "metric": f"peak memory <= {args.budget_gib:g} GiB",

@@ -145,7 +145,7 @@ stage_probes() {  # cheap forget-set probe of base and target: did fine-tuning l
 }
 stage_eval_refs() { stage_eval_retain; stage_eval_target; stage_probes; }
 
-unlearn() {  # $1 = method, $2 = lr
+unlearn() {  # $1 = method, $2 = lr (max_steps=-1: FALCON.yaml's 100-step budget gives way to the epochs)
   local name=$1_lr$2 out=$WORK/unlearn/$1_lr$2
   if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
   log "unlearn $name"
@@ -156,7 +156,8 @@ unlearn() {  # $1 = method, $2 = lr
     trainer=$1 "${MO[@]}" "${CPU_O[@]}" "${EVAL_O[@]}" \
     retain_split=retain retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" \
     trainer.args.per_device_train_batch_size=$UL_BS trainer.args.learning_rate=$2 \
-    trainer.args.num_train_epochs=$UL_EPOCHS trainer.args.logging_steps=1 ${EXTRA_UNLEARN:-} ${!xv:-} \
+    trainer.args.num_train_epochs=$UL_EPOCHS ++trainer.args.max_steps=-1 trainer.args.logging_steps=1 \
+    ${EXTRA_UNLEARN:-} ${!xv:-} \
     task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
     || log "unlearn $name: host run failed (see logs/ul_$name.log); evaluating the saved model if any"
   echo $(( $(date +%s) - t0 )) > "$out.tmp/seconds"

@@ -47,7 +47,7 @@ from .errors import NonFiniteLossError
 from .hf_compat import init_parameters, processing_class_of, trainer_init_kwargs
 from .losses import cosine_retain_loss, info_nce_forget_loss
 from .masks import token_mask
-from .projection import resolve_gradient_conflict
+from .projection import float32_sum, resolve_gradient_conflict
 from .replay import EpochToItems, replayable, trainer_rng_state_loading, warn_if_persistent_workers
 from .setup import SetupContext, prepare_state
 from .state import FalconState, SaveFalconState, check_resumable, checkpoint_path
@@ -200,8 +200,8 @@ class FalconMixin:
         retain_loss = cfg.retain_weight * cosine_retain_loss(updated_r, frozen_r, mask_r)
         g_f = gradient(forget_loss) if g_f is None else g_f
         g_r = gradient(retain_loss)
-        combined = resolve_gradient_conflict(
-            g_f, g_r, cfg.projection, cfg.conflict_weights, cfg.align_weights
+        combined = resolve_gradient_conflict(  # into g_F's storage: no second set of gradients
+            g_f, g_r, cfg.projection, cfg.conflict_weights, cfg.align_weights, inplace=True
         )
 
         self._check_finite(forget_loss, retain_loss, combined.grads)
@@ -241,7 +241,7 @@ class FalconMixin:
     def _check_finite(
         self, forget_loss: torch.Tensor, retain_loss: torch.Tensor, grads: Sequence[torch.Tensor]
     ) -> None:
-        total = torch.stack([forget_loss.float(), retain_loss.float()] + [g.float().sum() for g in grads])
+        total = torch.stack([forget_loss.float(), retain_loss.float()] + [float32_sum(g) for g in grads])
         if not bool(torch.isfinite(total).all()):
             step = self.state.global_step
             raise NonFiniteLossError(

@@ -154,6 +154,11 @@ def test_memory_model_breakdown_and_placement() -> None:
     mib = 2**20
     # three 14336 x 4096 bf16 down_proj: 336 MiB frozen, 672 MiB of bf16 AdamW state
     assert (ours["frozen"] / mib, ours["optimizer"] / mib) == (336.0, 672.0)
+    # g_F + g_R (672), one tensor's beta g_R (112) and three float32 chunks of the dot products (48)
+    assert ours["gradients"] / mib == 672 + 112 + 48
+    from falcon_plugin.projection import DOT_CHUNK
+
+    assert mm.DOT_CHUNK == DOT_CHUNK
     assert official["frozen"] == official["weights"] == zephyr.params * 2
     assert ours["total"] < official["total"] / 2
     assert mm.placement("ours", zephyr, work, 24) == "1 device"

@@ -186,6 +186,45 @@ def test_projection_none_is_plain_sum():
         resolve_gradient_conflict(g_f, g_r, "sideways")
 
 
+@pytest.mark.parametrize("mode", ["per_tensor", "global", "none"])
+def test_projection_in_place_is_bit_identical_and_reuses_forget_storage(mode):
+    for dtype in (torch.float32, torch.bfloat16):
+        g_r = [g.to(dtype) for g in _grads(5)]
+        g_f = [(-g_r[0] + 0.1 * _grads(6)[0].to(dtype)), 2 * g_r[1]]
+        expected = resolve_gradient_conflict([g.clone() for g in g_f], g_r, mode)
+        ptrs = [g.data_ptr() for g in g_f]
+        got = resolve_gradient_conflict(g_f, g_r, mode, inplace=True)
+        for a, b in zip(got.grads, expected.grads, strict=True):
+            assert a.dtype == dtype and torch.equal(a, b)
+        assert [g.data_ptr() for g in got.grads] == ptrs
+        assert torch.equal(got.cosines, expected.cosines) and torch.equal(got.conflicts, expected.conflicts)
+
+
+def test_projection_in_place_leaves_a_non_contiguous_forget_gradient_alone():
+    g_r = [torch.randn(4, 3, generator=torch.Generator().manual_seed(7))]
+    g_f = [torch.tensor(-1.0).expand(4, 3)]  # what sum()'s backward returns: one element, stride 0
+    got = resolve_gradient_conflict(g_f, g_r, "per_tensor", inplace=True)
+    assert torch.equal(got.grads[0], resolve_gradient_conflict(g_f, g_r, "per_tensor").grads[0])
+    assert torch.equal(g_f[0], torch.full((4, 3), -1.0))
+
+
+def test_projection_chunked_dot_products_match_whole_tensor_sums(monkeypatch):
+    import falcon_plugin.projection as projection
+
+    g_r = _grads(8, shapes=((37, 11), (5,)))
+    g_f = [-g_r[0] + 0.3 * _grads(9, shapes=((37, 11),))[0], 3 * g_r[1]]
+    whole = resolve_gradient_conflict(g_f, g_r, "per_tensor")
+    monkeypatch.setattr(projection, "DOT_CHUNK", 16)  # 407 elements -> 26 chunks, one ragged
+    chunked = resolve_gradient_conflict(g_f, g_r, "per_tensor")
+    assert chunked.conflicts.tolist() == whole.conflicts.tolist() == [True, False]
+    assert torch.allclose(chunked.cosines, whole.cosines, rtol=1e-6)
+    for a, b in zip(chunked.grads, whole.grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    big = torch.randn(1000, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(10))
+    assert torch.allclose(projection.float32_sum(big), big.float().sum(), rtol=1e-5)
+    assert projection._dot(big, big) > 0
+
+
 # ----------------------------------------------------------------------------- MI estimators
 def _correlated(n: int, dim: int, rho: float, seed: int = 0):
     rng = np.random.default_rng(seed)

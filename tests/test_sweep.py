@@ -462,3 +462,16 @@ def test_sweep_out_is_a_file(host: Path, tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err.strip()
     assert err == f"falcon-unlearn: error: --out {tmp_path / 'file'} is not a folder"
     assert _calls(host) == []
+
+
+def test_every_method_trains_for_the_experiments_epochs(host: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """FALCON.yaml's 100-step budget would give FALCON another budget than the host's trainers."""
+    with caplog.at_level("WARNING"):
+        plans = plan_runs(host, "tofu", ["FALCON", "RMU"], [None], python="python")
+    assert all("++trainer.args.max_steps=-1" in p.commands[0] for p in plans)
+    assert "pass --lrs" in caplog.text
+    caplog.clear()
+    capped = plan_runs(host, "tofu", ["FALCON"], [1e-3], python="python", extra=["trainer.args.max_steps=4"])
+    train = capped[0].commands[0]
+    assert "++trainer.args.max_steps=-1" not in train and train[-1] == "trainer.args.max_steps=4"
+    assert "pass --lrs" not in caplog.text

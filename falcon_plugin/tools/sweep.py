@@ -8,8 +8,10 @@ the same experiment config so every method gets the same budget:
 2. ``python src/eval.py experiment=eval/<bench>/default.yaml ...
    paths.output_dir=saves/unlearn/<task>/evals``,
    as the host's ``scripts/*_unlearn.sh`` do, with their split pairing (TOFU forget01/05/10 with
-   retain99/95/90 and holdout01/05/10). Extra overrides after ``--`` go to src/train.py; those of the
-   model's loading and of the evaluation (``model.*`` but the model path, ``eval.*``) to src/eval.py too.
+   retain99/95/90 and holdout01/05/10), and ``++trainer.args.max_steps=-1`` so that FALCON's own
+   100-step budget gives way to the experiment's epochs. Extra overrides after ``--`` go to
+   src/train.py; those of the model's loading and of the evaluation (``model.*`` but the model
+   path, ``eval.*``) to src/eval.py too.
 
 With ``--eval-retain`` the retain model is evaluated first (src/eval.py into
 ``saves/eval/<bench>_<model>_<retain split>``, as the host's ``scripts/tofu_finetune.sh``), so its
@@ -125,6 +127,8 @@ def override_key(arg: str) -> str:
 
 
 SET_BY_SWEEP = ("model", "experiment", "task_name", "trainer", "paths.output_dir")
+UNCAPPED = "++trainer.args.max_steps=-1"
+"""Every method trains for the experiment's epochs (an extra ``trainer.args.max_steps=N`` caps all)."""
 """Keys the sweep sets itself (``--model``, ``--methods``, task names, output folders)."""
 EVAL_PREFIXES = ("model.", "eval.")
 """Extra overrides with these keys reach src/eval.py too: the model's loading (local weights and
@@ -217,6 +221,12 @@ def plan_sweep(
     eval_common = [f"model={model}", *(f"{k}={v}" for k, v in splits.items() if k in eval_keys)]
     to_eval = eval_overrides(extra)
 
+    capped = any(override_key(a) == "trainer.args.max_steps" for a in extra)
+    if list(lrs) == [None] and any(m.startswith("FALCON") for m in methods):
+        logger.warning(
+            "sweep: FALCON runs at the experiment's learning rate (TOFU/MUSE: 1e-5), which barely moves "
+            "its few trainable tensors; its own default is 1e-3 (trainer/FALCON.yaml budget): pass --lrs"
+        )
     plans: list[RunPlan] = []
     note = None
     given = any(override_key(a) == "retain_logs_path" for a in extra)
@@ -262,6 +272,8 @@ def plan_sweep(
             ]
             if lr is not None:
                 train.append(f"trainer.args.learning_rate={lr:g}")
+            if not capped:  # trainer/FALCON*.yaml's max_steps would give FALCON another budget
+                train.append(UNCAPPED)
             train += list(extra)
             commands = [train]
             if run_eval:

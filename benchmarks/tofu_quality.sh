@@ -6,9 +6,10 @@
 #   PY=/path/to/hostvenv/bin/python CONVERT_PY=/path/to/venv-with-transformers>=4.57/bin/python \
 #   benchmarks/tofu_quality.sh [STAGE ...]
 #
-# STAGES (default: all, in order): data export finetune eval_refs unlearn relearn report
+# STAGES (default: all, in order): data export finetune eval_refs unlearn unlearn_defaults relearn report
 #   finetune = finetune_target finetune_retain; eval_refs = eval_retain eval_target probes;
-#   finish_unlearn = evaluate (src/eval.py) unlearned models whose in-training eval did not finish.
+#   finish_unlearn = evaluate (src/eval.py) unlearned models whose in-training eval did not finish;
+#   unlearn_defaults = FALCON through experiment=unlearn/tofu/falcon with its shipped budget (README).
 # Env: SCALE=full|micro|smoke, PAR (parallel unlearning runs), RELEARN_RUNS, LRS_<METHOD>, EXTRA_<METHOD>
 # Every stage skips work whose output already exists (delete the output to redo it); outputs are
 # written to a temporary name and renamed. Nothing is installed: PY must already have the host's
@@ -192,6 +193,22 @@ stage_unlearn() {  # PAR runs at a time (default 1)
   done; done
   wait
 }
+stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlearn/tofu/falcon, no budget overrides
+  # (its trainer/FALCON.yaml budget: lr 1e-3, batch 4, 100 steps, constant; method_args as shipped)
+  local name=FALCON-defaults_lr1e-3 out=$WORK/unlearn/FALCON-defaults_lr1e-3
+  if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
+  log "unlearn $name"
+  rm -rf "$out.tmp"
+  local t0=$(date +%s)
+  model_overrides "$M/target"
+  (cd "$HOST" && $NICE $PY src/train.py --config-name=unlearn.yaml experiment=unlearn/tofu/falcon \
+    "${MO[@]}" "${CPU_O[@]}" "${EVAL_O[@]}" retain_split=retain \
+    retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" trainer.args.logging_steps=1 \
+    task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
+    || log "unlearn $name: host run failed (see logs/ul_$name.log); evaluating the saved model if any"
+  echo $(( $(date +%s) - t0 )) > "$out.tmp/seconds"
+  finish_unlearn "$out" || true
+}
 stage_relearn() {  # `falcon-unlearn attack --attacks relearn` (docs/attacks.md) on every finished run
   # RELEARN_RUNS="FALCON_lr1e-4 ..." restricts the attacked runs (default: all). Protocol: OPTML-Group/
   # Unlearn-Simple's relearning (AdamW, weight decay 0, batch 1 x 4 accumulation, warm-up steps//10,
@@ -212,15 +229,26 @@ stage_relearn() {  # `falcon-unlearn attack --attacks relearn` (docs/attacks.md)
       || log "relearn $name: failed (see logs/relearn_$name.log)"
   done
 }
-stage_report() {
+stage_report() {  # the protocol's table (report.py), the product's leaderboard, FALCON's Step-1 report
   mkdir -p "$OUTDOCS"
   $PY "$HERE/report.py" "$WORK" "$OUTDOCS"
+  local run dirs=("$WORK/unlearn")
+  [ -d "$WORK/attacks" ] && dirs+=("$WORK/attacks")
+  $PY -m falcon_plugin.tools.cli leaderboard "${dirs[@]}" --out "$OUTDOCS/tofu_board" -q \
+    || log "report: falcon-unlearn leaderboard failed"
+  for run in FALCON-defaults_lr1e-3 $(ls "$WORK/unlearn" 2>/dev/null | grep '^FALCON_lr' || true); do
+    if [ -f "$WORK/unlearn/$run/mi_report.json" ]; then
+      cp "$WORK/unlearn/$run/mi_report.json" "$OUTDOCS/tofu_falcon_mi_report.json"
+      cp "$WORK/unlearn/$run/mi_report.png" "$OUTDOCS/tofu_falcon_mi_report.png" 2>/dev/null || true
+      log "report: FALCON's Step-1 report from $run"; break
+    fi
+  done
 }
 
 mkdir -p "$WORK/logs" "$WORK/evals" "$M"
 # own datasets cache per data subset: offline, `datasets` would otherwise reuse a cached
 # locuslab/TOFU config of the same name built from other files (another subset, another checkout)
 export HF_DATASETS_CACHE=$WORK/hf_datasets_cache/$(echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN" | tr ' ' _)
-STAGES=${*:-"data export finetune eval_refs unlearn relearn report"}
+STAGES=${*:-"data export finetune eval_refs unlearn unlearn_defaults relearn report"}
 for s in $STAGES; do log "stage $s"; stage_$s; done
 log done

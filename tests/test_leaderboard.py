@@ -330,3 +330,18 @@ def test_no_forget_quality_is_said(tmp_path: Path) -> None:
     assert "--eval-retain" in text and "setup_data.py --eval_logs" in text
     assert "no TOFU plot" in (tmp_path / "board" / "leaderboard.html").read_text()
     assert not (tmp_path / "board" / "tofu_pareto.png").exists()
+
+
+def test_a_local_model_folder_names_the_model(tmp_path: Path) -> None:
+    """Runs on a local model (the host's model config overridden by path) show that folder's name."""
+    run = tmp_path / "saves" / "unlearn" / FALCON_TASK
+    shutil.copytree(SAVES / "unlearn" / FALCON_TASK, run)
+    config = run / ".hydra" / "config.yaml"
+    text = config.read_text().replace(
+        "pretrained_model_name_or_path: open-unlearning/tofu_Llama-3.2-1B-Instruct_full",
+        "pretrained_model_name_or_path: /models/smollm2-tofu-target",
+        1,
+    )
+    config.write_text(text)
+    (row,) = [r for r in collect([tmp_path]) if r.benchmark == "TOFU" and r.role == "unlearn"]
+    assert row.model == "smollm2-tofu-target"

@@ -214,7 +214,7 @@ def _host_row(path: Path, bench: Benchmark, metrics: dict[str, Any]) -> Row:
         bench.name,
         method or run.name,
         role,
-        info.model or info.model_path or "",
+        _model_label(info),
         split,
         info.task or run.name,
         str(path),
@@ -223,6 +223,14 @@ def _host_row(path: Path, bench: Benchmark, metrics: dict[str, Any]) -> Row:
         run_dir=str(run.resolve()),
         model_dirs=_local_models(info, run),
     )
+
+
+def _model_label(info: _RunInfo) -> str:
+    """The model column: a local model folder's name when the run loaded one (the host's model config
+    name, e.g. ``Llama-3.2-1B-Instruct``, then says only which template was used), else the config name."""
+    if info.model_path and info.model_path.startswith(("/", "./", "../", "~")):
+        return Path(info.model_path).name or info.model_path
+    return info.model or info.model_path or ""
 
 
 def _candidates(path: str, run: Path, info: _RunInfo) -> list[Path]:

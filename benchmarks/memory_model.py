@@ -11,9 +11,10 @@ l = l*, V = vocabulary):
 * **ours** (``falcon_plugin.trainer.FalconMixin.compute_loss``): weights P b; frozen copies T b;
   gradients: g_F and g_R (2 T b) plus the projection's temporaries (``falcon_plugin.projection``:
   float32 dot products over chunks of ``DOT_CHUNK`` elements, 3 x 4 bytes each, and one tensor's
-  beta g_R, t b; the combined update is written into g_F's storage); activations: one pass's graph at a time (the forget graph is freed before
-  the retain pass), layers l-2..l saved (3 S per token, an upper bound: the frozen parts of the
-  first trainable layer save nothing) plus the no-grad prefix pass's largest transient and record.
+  beta g_R, t b; the combined update is written into g_F's storage); activations: one pass's graph
+  at a time (the forget graph is freed before the retain pass), layers l-2..l saved (3 S per
+  token, an upper bound: the frozen parts of the first trainable layer save nothing) plus the
+  no-grad prefix pass's largest transient and record.
 * **rmu** (open-unlearning ``src/trainer/unlearn/rmu.py`` under the HF Trainer, the WMDP
   experiment's trainable tensors): weights and a deep-copied reference (2 P b);
   ``create_optimizer`` leaves every parameter ``requires_grad``, so the backward computes the

@@ -40,23 +40,25 @@ class ProjectionResult:
     """Boolean per group: whether the projection was applied."""
 
 
+def _chunks(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The flattened tensor in views of at most ``DOT_CHUNK`` elements."""
+    return tensor.reshape(-1).split(DOT_CHUNK)
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum(a * b) accumulated in float32, holding at most ``DOT_CHUNK`` float32 products at once."""
     if a.numel() <= DOT_CHUNK:
         return (a.float() * b.float()).sum()
-    a, b = a.reshape(-1), b.reshape(-1)
-    parts = [
-        (a[i : i + DOT_CHUNK].float() * b[i : i + DOT_CHUNK].float()).sum()
-        for i in range(0, a.numel(), DOT_CHUNK)
-    ]
-    return torch.stack(parts).sum()
+    return torch.stack(
+        [(x.float() * y.float()).sum() for x, y in zip(_chunks(a), _chunks(b), strict=True)]
+    ).sum()
 
 
 def float32_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of all elements accumulated in float32, without a whole-tensor float32 copy."""
     if tensor.numel() <= DOT_CHUNK:
         return tensor.float().sum()
-    return torch.stack([c.sum(dtype=torch.float32) for c in tensor.reshape(-1).split(DOT_CHUNK)]).sum()
+    return torch.stack([c.sum(dtype=torch.float32) for c in _chunks(tensor)]).sum()
 
 
 def _dots(
@@ -86,9 +88,8 @@ def _combine(
     a_a, b_a = align_weights
     alpha = torch.where(conflict, torch.full_like(dot, a_c), torch.full_like(dot, a_a))
     beta = torch.where(conflict, b_c - a_c * coef, torch.full_like(dot, b_a))
-    if (
-        inplace and g_f.is_contiguous()
-    ):  # same roundings as below: (alpha g_F) and (beta g_R) are each rounded, then summed
+    # in place, the same roundings as out of place: (alpha g_F) and (beta g_R) each rounded, then summed
+    if inplace and g_f.is_contiguous():
         return g_f.mul_(alpha.to(g_f.dtype)).add_(beta.to(g_r.dtype) * g_r)
     return alpha.to(g_f.dtype) * g_f + beta.to(g_r.dtype) * g_r
 

@@ -90,7 +90,7 @@ FALLBACK_SCALE = [
     "--threads",
     "1",
 ]
-"""CPU fallback sizes (the smoke tests' sizes of tests/test_benchmarks.py)."""
+"""``benchmarks/scale.py`` at smoke size (the CPU fallback; tests/test_benchmarks.py uses it too)."""
 
 
 @dataclass

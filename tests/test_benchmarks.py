@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.gpu_all import SMOKE_STEP  # noqa: E402
+from benchmarks.gpu_all import FALLBACK_SCALE, SMOKE_STEP  # noqa: E402
 
 TINY = [*SMOKE_STEP, "--log-level", "WARNING"]
 
@@ -97,26 +97,7 @@ def test_cli_rejects_bad_arguments(step_module) -> None:
 
 
 # --------------------------------------------------------------------------- 7B scale (issue 14)
-SCALE_TINY = [
-    "--layers",
-    "4",
-    "--hidden",
-    "256",
-    "--intermediate",
-    "512",
-    "--layer",
-    "3",
-    "--batch",
-    "1",
-    "--seq-len",
-    "16",
-    "--repeats",
-    "1",
-    "--threads",
-    "1",
-    "--log-level",
-    "WARNING",
-]
+SCALE_TINY = [*FALLBACK_SCALE, "--log-level", "WARNING"]
 
 
 def test_memory_model_parameter_counts_match_transformers() -> None:

@@ -6,10 +6,12 @@
 #   PY=/path/to/hostvenv/bin/python CONVERT_PY=/path/to/venv-with-transformers>=4.57/bin/python \
 #   benchmarks/tofu_quality.sh [STAGE ...]
 #
-# STAGES (default: all, in order): data export finetune eval_refs unlearn unlearn_defaults relearn report
+# STAGES (default: all, in order): data export finetune eval_refs unlearn unlearn_defaults relearn relearn_refs
+#   report
 #   finetune = finetune_target finetune_retain; eval_refs = eval_retain eval_target probes;
 #   finish_unlearn = evaluate (src/eval.py) unlearned models whose in-training eval did not finish;
-#   unlearn_defaults = FALCON through experiment=unlearn/tofu/falcon with its shipped budget (README).
+#   unlearn_defaults = FALCON through experiment=unlearn/tofu/falcon with its shipped budget (README);
+#   relearn_refs = the relearning attack on the retain model (the control of `relearn`).
 # Env: SCALE=full|micro|smoke, PAR (parallel unlearning runs), RELEARN_RUNS, LRS_<METHOD>, EXTRA_<METHOD>
 # Every stage skips work whose output already exists (delete the output to redo it); outputs are
 # written to a temporary name and renamed. Nothing is installed: PY must already have the host's
@@ -53,19 +55,20 @@ FT_EPOCHS=${FT_EPOCHS:-5}          # fine-tuning of target / retain models
 FT_LR=${FT_LR:-1e-4}
 FT_BS=${FT_BS:-8}
 UL_EPOCHS=${UL_EPOCHS:-5}          # unlearning: same budget for every method
-UL_BS=${UL_BS:-8}
+UL_BS=${UL_BS:-4}                  # batch 4 forget + 4 retain: forget01 in 50 steps
 MAX_NEW=${MAX_NEW:-48}             # generation length for the ROUGE metrics (host default 200)
 EVAL_BS=${EVAL_BS:-16}
 N_PER_AUTHOR=${N_PER_AUTHOR:-10}   # retain_perturbed (model utility): QA per retained author
 N_RA=${N_RA:-40}; N_WF=${N_WF:-40} # real_authors / world_facts rows (model utility)
 METHODS=${METHODS:-"FALCON RMU NPO SimNPO GradDiff"}
-LRS_FALCON=${LRS_FALCON:-"5e-5 1e-4 2e-4"}
+LRS_FALCON=${LRS_FALCON:-"1e-4 3e-4 4e-4 5e-4 1e-3"}  # the grid of docs/results
 LRS_RMU=${LRS_RMU:-"1e-5 3e-5 1e-4"}
 LRS_NPO=${LRS_NPO:-"1e-5 3e-5 1e-4"}
 LRS_SimNPO=${LRS_SimNPO:-"1e-5 3e-5 1e-4"}
 LRS_GradDiff=${LRS_GradDiff:-"1e-5 3e-5 1e-4"}
 # EXTRA_UNLEARN (all methods) / EXTRA_<METHOD> (one method): extra host overrides, e.g.
 # EXTRA_FALCON="trainer.method_args.retain_weight=10"
+# RUN_TAG=-L7 EXTRA_FALCON="trainer.method_args.layer=7": a variant, run as FALCON-L7_lr<LR> (its own row)
 # relearning attack: Unlearn-Simple's protocol at full scale (100 steps, lr 1e-5: `falcon-unlearn attack`'s
 # defaults); micro / smoke take fewer steps at lr 1e-4
 RELEARN_STEPS=${RELEARN_STEPS:-100}; RELEARN_LR=${RELEARN_LR:-1e-5}
@@ -147,7 +150,7 @@ stage_probes() {  # cheap forget-set probe of base and target: did fine-tuning l
 stage_eval_refs() { stage_eval_retain; stage_eval_target; stage_probes; }
 
 unlearn() {  # $1 = method, $2 = lr (max_steps=-1: FALCON.yaml's 100-step budget gives way to the epochs)
-  local name=$1_lr$2 out=$WORK/unlearn/$1_lr$2
+  local name=$1${RUN_TAG:-}_lr$2 out=$WORK/unlearn/$1${RUN_TAG:-}_lr$2
   if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
   log "unlearn $name"
   rm -rf "$out.tmp"
@@ -194,8 +197,13 @@ stage_unlearn() {  # PAR runs at a time (default 1)
   wait
 }
 stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlearn/tofu/falcon, no budget overrides
-  # (its trainer/FALCON.yaml budget: lr 1e-3, batch 4, 100 steps, constant; method_args as shipped)
-  local name=FALCON-defaults_lr1e-3 out=$WORK/unlearn/FALCON-defaults_lr1e-3
+  # (trainer/FALCON.yaml's tofu_budget over its budget: lr, epochs, batch 4, constant; method_args as shipped);
+  # the run is named after the shipped lr, so a change of the default is a new run
+  local lr name out
+  lr=$($PY -c "import yaml, falcon_plugin, pathlib
+p = pathlib.Path(falcon_plugin.__file__).parent / 'configs/trainer/FALCON.yaml'
+print(yaml.safe_load(p.read_text())['tofu_budget']['learning_rate'])") || { log "cannot read FALCON.yaml's tofu_budget"; return 1; }
+  name=FALCON-defaults_lr$lr out=$WORK/unlearn/FALCON-defaults_lr$lr
   if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
   log "unlearn $name"
   rm -rf "$out.tmp"
@@ -209,6 +217,15 @@ stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlea
   echo $(( $(date +%s) - t0 )) > "$out.tmp/seconds"
   finish_unlearn "$out" || true
 }
+relearn_attack() {  # $1 = model folder, $2 = name: `falcon-unlearn attack --attacks relearn` into attacks/$2
+  if [ -f "$WORK/attacks/$2/attacks.json" ]; then log "relearn $2: exists"; return; fi
+  log "relearn $2"
+  $NICE $PY -m falcon_plugin.tools.cli attack --model "$1" --attacks relearn --template chat \
+    --train-data "$HOST/locuslab/TOFU/relearn_train.json" --test-data "$HOST/locuslab/TOFU/relearn_test.json" \
+    --relearn-steps "$RELEARN_STEPS" --relearn-lr "$RELEARN_LR" --max-new-tokens "$MAX_NEW" \
+    --out "$WORK/attacks/$2" > "$WORK/logs/relearn_$2.log" 2>&1 \
+    || log "relearn $2: failed (see logs/relearn_$2.log)"
+}
 stage_relearn() {  # `falcon-unlearn attack --attacks relearn` (docs/attacks.md) on every finished run
   # RELEARN_RUNS="FALCON_lr1e-4 ..." restricts the attacked runs (default: all). Protocol: OPTML-Group/
   # Unlearn-Simple's relearning (AdamW, weight decay 0, batch 1 x 4 accumulation, warm-up steps//10,
@@ -220,14 +237,12 @@ stage_relearn() {  # `falcon-unlearn attack --attacks relearn` (docs/attacks.md)
     d=${d%/}; [ -f "$d/DONE" ] || continue
     name=$(basename "$d")
     if [ -n "${RELEARN_RUNS:-}" ] && [[ " $RELEARN_RUNS " != *" $name "* ]]; then continue; fi
-    if [ -f "$WORK/attacks/$name/attacks.json" ]; then log "relearn $name: exists"; continue; fi
-    log "relearn $name"
-    $NICE $PY -m falcon_plugin.tools.cli attack --model "$d" --attacks relearn --template chat \
-      --train-data "$HOST/locuslab/TOFU/relearn_train.json" --test-data "$HOST/locuslab/TOFU/relearn_test.json" \
-      --relearn-steps "$RELEARN_STEPS" --relearn-lr "$RELEARN_LR" --max-new-tokens "$MAX_NEW" \
-      --out "$WORK/attacks/$name" > "$WORK/logs/relearn_$name.log" 2>&1 \
-      || log "relearn $name: failed (see logs/relearn_$name.log)"
+    relearn_attack "$d" "$name"
   done
+}
+stage_relearn_refs() {  # the same attack on the retain model: what relearning half the forget set teaches a
+  # model that never saw the other half (the floor a "recovered" forget probability is read against)
+  relearn_attack "$M/retain" reference-retain
 }
 stage_report() {  # the protocol's table (report.py), the product's leaderboard, FALCON's Step-1 report
   mkdir -p "$OUTDOCS"
@@ -236,7 +251,8 @@ stage_report() {  # the protocol's table (report.py), the product's leaderboard,
   [ -d "$WORK/attacks" ] && dirs+=("$WORK/attacks")
   $PY -m falcon_plugin.tools.cli leaderboard "${dirs[@]}" --out "$OUTDOCS/tofu_board" -q \
     || log "report: falcon-unlearn leaderboard failed"
-  for run in FALCON-defaults_lr1e-3 $(ls "$WORK/unlearn" 2>/dev/null | grep '^FALCON_lr' || true); do
+  for run in $(ls "$WORK/unlearn" 2>/dev/null | grep -E '^FALCON-defaults_lr[^.]*$' || true) \
+    $(ls "$WORK/unlearn" 2>/dev/null | grep -E '^FALCON_lr[^.]*$' || true); do
     if [ -f "$WORK/unlearn/$run/mi_report.json" ]; then
       cp "$WORK/unlearn/$run/mi_report.json" "$OUTDOCS/tofu_falcon_mi_report.json"
       cp "$WORK/unlearn/$run/mi_report.png" "$OUTDOCS/tofu_falcon_mi_report.png" 2>/dev/null || true
@@ -249,6 +265,6 @@ mkdir -p "$WORK/logs" "$WORK/evals" "$M"
 # own datasets cache per data subset: offline, `datasets` would otherwise reuse a cached
 # locuslab/TOFU config of the same name built from other files (another subset, another checkout)
 export HF_DATASETS_CACHE=$WORK/hf_datasets_cache/$(echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN" | tr ' ' _)
-STAGES=${*:-"data export finetune eval_refs unlearn unlearn_defaults relearn report"}
+STAGES=${*:-"data export finetune eval_refs unlearn unlearn_defaults relearn relearn_refs report"}
 for s in $STAGES; do log "stage $s"; stage_$s; done
 log done

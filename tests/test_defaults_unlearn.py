@@ -56,14 +56,16 @@ def test_trainer_and_experiments_take_the_budget() -> None:
         experiment = yaml.safe_load((CONFIGS / "experiment" / "unlearn" / name / "falcon.yaml").read_text())
         args = experiment["trainer"]["args"]
         assert args, name
-        for key, value in args.items():
-            assert key in trainer["budget"] and value.startswith(f"${{oc.select:trainer.budget.{key},"), (
-                name,
-                key,
-            )
+        for key, value in args.items():  # TOFU: its own `tofu_budget` first, then `budget`
+            own = f"${{oc.select:trainer.{name}_budget.{key}," if name == "tofu" else "${"
+            assert key in {**trainer["budget"], **trainer.get(f"{name}_budget", {})}, (name, key)
+            assert value.startswith(own) and (
+                f"${{oc.select:trainer.budget.{key}," in value or key not in trainer["budget"]
+            ), (name, key, value)
     paper = yaml.safe_load((CONFIGS / "trainer" / "FALCON_paper.yaml").read_text())
     assert paper["defaults"][0] == "FALCON"
     assert {k: float(v) for k, v in paper["budget"].items()} == {"learning_rate": 5e-5}
+    assert {k: float(v) for k, v in paper["tofu_budget"].items()} == {"learning_rate": 1e-4}
     assert paper["method_args"] == {"trainable_modules": "down_proj", "retain_weight": 100}
 
 

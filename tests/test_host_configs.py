@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from transformers import TrainingArguments
 
 from falcon_plugin.config import FalconConfig, MIConfig
 
@@ -54,11 +55,13 @@ def test_short_form_turns_train_yaml_into_a_falcon_unlearning_run() -> None:
     assert cfg["mode"] == "unlearn"
     assert cfg["trainer"]["handler"] == "FALCON"
     assert cfg["trainer"]["args"]["remove_unused_columns"] is False
-    budget = yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())["budget"]
+    shipped = yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())
+    budget = {**shipped["budget"], **shipped["tofu_budget"]}  # TOFU's values first, then the generic ones
     args = cfg["trainer"]["args"]
     assert {k: args[k] for k in budget} == {
         k: _number(v) for k, v in budget.items()
-    }  # FALCON's, not the host's 1e-5
+    }  # FALCON's, not the host's 1e-5 and 10 epochs
+    assert (args["learning_rate"], args["num_train_epochs"], args["max_steps"]) == (3e-4, 5, -1)
     assert set(cfg["data"]) == {"forget", "retain", "anchor"}
     assert "TOFU_QA_forget" in cfg["data"]["forget"]
     assert (
@@ -80,7 +83,19 @@ def test_short_form_equals_long_form(bench: str) -> None:
 def test_short_form_is_the_hosts_unlearn_run_for_any_trainer(bench: str) -> None:
     short = composed("train.yaml", f"experiment=unlearn/{bench}", "trainer=GradAscent")
     host = composed("unlearn.yaml", f"experiment=unlearn/{bench}/default", "trainer=GradAscent")
+    if bench == "tofu":  # the TOFU experiment names max_steps for FALCON; for others it is the HF default
+        hf_default = TrainingArguments.__dataclass_fields__["max_steps"].default
+        assert short["trainer"]["args"].pop("max_steps") == hf_default == -1
+        assert "max_steps" not in host["trainer"]["args"]
     assert short == host
+
+
+def test_paper_trainer_on_tofu_takes_the_official_tofu_lr() -> None:
+    """trainer=FALCON_paper on TOFU: the official TOFU command's lr 1e-4, the rest of FALCON's TOFU budget."""
+    args = composed("train.yaml", "experiment=unlearn/tofu", "trainer=FALCON_paper")["trainer"]["args"]
+    assert (args["learning_rate"], args["num_train_epochs"], args["max_steps"]) == (1e-4, 5, -1)
+    muse = composed("train.yaml", "experiment=unlearn/muse", "trainer=FALCON_paper")["trainer"]["args"]
+    assert (muse["learning_rate"], muse["max_steps"]) == (5e-5, 100)  # no MUSE-specific budget
 
 
 def test_cli_trainer_wins_over_the_experiment_override() -> None:

@@ -49,3 +49,91 @@ def test_selection_keeps_utility_then_maximises_forget_quality(tmp_path: Path) -
     best = md.split("## Best run per method")[1].split("## All runs")[0]
     assert best.index("| FALCON |") < best.index("| NPO ! |")  # ordered by forget quality, NPO flagged
     assert (out / "tofu_pareto.png").stat().st_size > 10_000
+
+
+def _eval(path: Path, ratios: list[float]) -> None:
+    by_index = {str(i): {"score": r} for i, r in enumerate(ratios)}
+    (path / "TOFU_EVAL.json").write_text(json.dumps({"forget_truth_ratio": {"value_by_index": by_index}}))
+
+
+def test_truth_ratio_section_places_each_run_against_the_retain_model(tmp_path: Path) -> None:
+    """Quantiles, share above 1 and the KS statistic behind forget_quality, from the per-question ratios."""
+    from scipy.stats import ks_2samp
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    _summary(work / "evals" / "target", 1e-5, 0.60)
+    _summary(work / "evals" / "retain", 1.0, 0.59)
+    retain = [0.5 + 0.02 * i for i in range(40)]  # 0.50 .. 1.28
+    over = [1.5 + 0.01 * i for i in range(40)]  # every true answer below the wrong ones
+    _eval(work / "evals" / "retain", retain)
+    _run(work, "FALCON_lr1e-3", 0.01, 0.58)
+    _eval(work / "unlearn" / "FALCON_lr1e-3", over)
+    _run(work, "NPO_lr3e-5", 0.2, 0.58)  # no TOFU_EVAL.json: no row in the section, still on the board
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/tofu_quality/report.py"), str(work), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = {r["run"]: r for r in json.loads((out / "tofu_leaderboard.json").read_text())["runs"]}
+    falcon = runs["FALCON_lr1e-3"]
+    assert falcon["ks_D"] == ks_2samp(over, retain).statistic == 1.0
+    assert falcon["tr_above_1"] == 1.0 and abs(falcon["tr_median"] - 1.695) < 1e-9
+    assert "ks_D" not in runs["NPO_lr3e-5"]
+    md = (out / "tofu_leaderboard.md").read_text()
+    section = md.split("## Forget truth ratios against the retain model")[1]
+    assert "| retain | 0.578 | 0.890 | 1.202 | 0.350 | 0.000 |" in section  # 0.50 .. 1.28: 14 above 1
+    assert "| FALCON_lr1e-3 | 1.539 |" in section and "NPO_lr3e-5" not in section
+
+
+def test_protocol_script_parses_and_names_its_stages() -> None:
+    """benchmarks/tofu_quality.sh is bash that parses, with a function for every stage its docs name."""
+    script = REPO / "benchmarks" / "tofu_quality.sh"
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    text = script.read_text()
+    stages = [
+        "data",
+        "export",
+        "finetune",
+        "eval_refs",
+        "unlearn",
+        "unlearn_defaults",
+        "relearn",
+        "relearn_refs",
+        "report",
+    ]
+    assert all(f"stage_{s}() {{" in text for s in stages)
+
+
+def _attack(work: Path, name: str, before: float, after: float) -> None:
+    from falcon_plugin.tools.attacks.result import SCHEMA
+
+    entry = {"before": {"forget_prob": before}, "after": {"forget_prob": after}}
+    path = work / "attacks" / name
+    path.mkdir(parents=True)
+    (path / "attacks.json").write_text(json.dumps({"schema": SCHEMA, "attacks": {"relearn": entry}}))
+
+
+def test_relearning_results_and_the_retain_models_control(tmp_path: Path) -> None:
+    """A run's relearn columns come from attacks/<run>; attacks/reference-retain is the control."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    _summary(work / "evals" / "target", 1e-5, 0.60)
+    _summary(work / "evals" / "retain", 1.0, 0.59)
+    _run(work, "FALCON_lr3e-4", 0.4, 0.58)
+    _attack(work, "FALCON_lr3e-4", 0.001, 0.7)
+    _attack(work, "reference-retain", 0.15, 0.45)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/tofu_quality/report.py"), str(work), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    board = json.loads((out / "tofu_leaderboard.json").read_text())
+    run = board["runs"][0]
+    assert (run["relearn_prob_before"], run["relearn_prob_after"]) == (0.001, 0.7)
+    assert board["relearn_control"] == {"relearn/forget_prob_before": 0.15, "relearn/forget_prob_after": 0.45}
+    assert "answer prob 0.150 -> 0.450" in (out / "tofu_leaderboard.md").read_text()
+    assert [r["run"] for r in board["runs"]] == ["FALCON_lr3e-4"]  # the control is not a run

@@ -20,6 +20,8 @@ import sys
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
+from scipy.stats import ks_2samp
 
 from falcon_plugin.tools.attacks import leaderboard_columns, read_result
 from falcon_plugin.tools.common.pareto import pareto_front
@@ -44,6 +46,29 @@ def atomic(path, data, mode="w"):
     os.replace(tmp, path)
 
 
+def forget_truth_ratios(eval_json):
+    """Per-question forget truth ratios (perturbed / paraphrased answer probability) of a TOFU_EVAL.json."""
+    values = ((load(eval_json) or {}).get("forget_truth_ratio") or {}).get("value_by_index") or {}
+    scores = [v.get("score") for _, v in sorted(values.items(), key=lambda kv: int(kv[0]))]
+    return np.array([x for x in scores if x is not None], dtype=float) if scores else None
+
+
+def truth_ratio_shape(ratios, reference):
+    """Where a run's forget truth ratios lie against the retain model's: the quantiles, the share of
+    questions whose true answer became less likely than the wrong ones (ratio > 1), and the KS statistic
+    D behind the host's forget_quality (its p-value; ``ks_2samp`` as the host computes it)."""
+    if ratios is None or reference is None or not len(ratios) or not len(reference):
+        return {}
+    q10, q50, q90 = np.quantile(ratios, [0.1, 0.5, 0.9])
+    return {
+        "tr_q10": float(q10),
+        "tr_median": float(q50),
+        "tr_q90": float(q90),
+        "tr_above_1": float(np.mean(ratios > 1)),
+        "ks_D": float(ks_2samp(ratios, reference).statistic),
+    }
+
+
 def load_attack(run):
     """The relearning attack's result of one run (``falcon-unlearn attack``), or None."""
     path = os.path.join(work, "attacks", run, "attacks.json")
@@ -58,6 +83,7 @@ def load_attack(run):
 
 protocol = None
 refs = {k: load(os.path.join(work, "evals", k, "TOFU_SUMMARY.json")) for k in ("target", "retain")}
+ref_ratios = {k: forget_truth_ratios(os.path.join(work, "evals", k, "TOFU_EVAL.json")) for k in refs}
 probes = {k: load(os.path.join(work, "evals", f"probe_{k}.json")) for k in ("base", "target")}
 runs = []
 udir = os.path.join(work, "unlearn")
@@ -85,6 +111,7 @@ for d in sorted(glob.glob(os.path.join(udir, "*"))):
         **{k: s.get(k) for k in KEYS},
     }
     r["seconds"] = load(os.path.join(d, "seconds"))
+    r.update(truth_ratio_shape(forget_truth_ratios(os.path.join(d, "TOFU_EVAL.json")), ref_ratios["retain"]))
     attack = load_attack(name)
     if attack:
         c = leaderboard_columns(attack)
@@ -158,6 +185,17 @@ md += [
     "",
     table(["model", *KEYS], [[k, *(f(s.get(x)) for x in KEYS)] for k, s in refs.items() if s]),
 ]
+control = load_attack("reference-retain")
+control_cols = leaderboard_columns(control) if control else {}
+if control:
+    md.append(
+        "\nRelearning control (the same attack on the retain model, which never saw the forget set): "
+        f"relearn_test answer prob {f(control_cols.get('relearn/forget_prob_before'))} -> "
+        f"{f(control_cols.get('relearn/forget_prob_after'))}, ROUGE-L recall "
+        f"{f(control_cols.get('relearn/forget_rougeL_recall_before'))} -> "
+        f"{f(control_cols.get('relearn/forget_rougeL_recall_after'))}: what relearning one half of the "
+        "forget set teaches about the other half without any knowledge to recover"
+    )
 for k, p in probes.items():
     if p:
         md.append(
@@ -185,6 +223,31 @@ md += [
     "",
     table(cols, [cells(r) for r in sorted(runs, key=lambda r: (r["method"], r["lr"]))]),
 ]
+TR_COLS = ["tr_q10", "tr_median", "tr_q90", "tr_above_1", "ks_D"]
+shaped = [r for r in runs if "ks_D" in r]
+if shaped:
+    ref_rows = [
+        [k, *map(f, truth_ratio_shape(x, ref_ratios["retain"]).values()), f(refs[k].get("forget_quality"))]
+        for k, x in ref_ratios.items()
+        if x is not None and refs.get(k)
+    ]
+    run_rows = [
+        [r["run"], *(f(r[c]) for c in TR_COLS), f(r["forget_quality"])]
+        for r in sorted(shaped, key=lambda r: (r["method"], r["lr"]))
+    ]
+    md += [
+        "",
+        "## Forget truth ratios against the retain model",
+        "",
+        "Per forget question the host's truth ratio is P(perturbed answers) / P(paraphrased answer) "
+        "(`TOFU_EVAL.json`, `forget_truth_ratio.value_by_index`); forget_quality is the KS-test p-value of "
+        "a run's 40 ratios against the retain model's, so it is high only when the whole distribution "
+        "matches: too little forgetting leaves the ratios low (the target's), too much pushes them above "
+        "the retain model's. tr_above_1 = share of questions whose true answer became less likely than the "
+        "wrong ones; ks_D = the KS statistic.",
+        "",
+        table(["run", *TR_COLS, "forget_quality"], ref_rows + run_rows),
+    ]
 md += [
     "",
     "Columns: forget_quality / model_utility / forget_truth_ratio / forget_Q_A_Prob / forget_Q_A_ROUGE = "
@@ -218,6 +281,7 @@ atomic(
                 k: (p and {"prob": p["forget01"]["prob"], "rougeL_recall": p["forget01"]["rougeL_recall"]})
                 for k, p in probes.items()
             },
+            "relearn_control": control_cols or None,
             "runs": runs,
         },
         indent=1,

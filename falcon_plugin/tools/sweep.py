@@ -128,6 +128,18 @@ def override_key(arg: str) -> str:
 
 SET_BY_SWEEP = ("model", "experiment", "task_name", "trainer", "paths.output_dir")
 UNCAPPED = "++trainer.args.max_steps=-1"
+
+
+def falcon_learning_rate(benchmark: str) -> float:
+    """FALCON's own learning rate on a benchmark: ``trainer/FALCON.yaml``'s ``<benchmark>_budget`` (TOFU),
+    else its ``budget`` (what ``experiment=unlearn/<benchmark>/falcon`` gives FALCON)."""
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "trainer" / "FALCON.yaml").read_text())
+    budget = {**shipped["budget"], **(shipped.get(f"{benchmark}_budget") or {})}
+    return float(budget["learning_rate"])
+
+
 """Every method trains for the experiment's epochs (an extra ``trainer.args.max_steps=N`` caps all)."""
 """Keys the sweep sets itself (``--model``, ``--methods``, task names, output folders)."""
 EVAL_PREFIXES = ("model.", "eval.")
@@ -225,7 +237,9 @@ def plan_sweep(
     if list(lrs) == [None] and any(m.startswith("FALCON") for m in methods):
         logger.warning(
             "sweep: FALCON runs at the experiment's learning rate (TOFU/MUSE: 1e-5), which barely moves "
-            "its few trainable tensors; its own default is 1e-3 (trainer/FALCON.yaml budget): pass --lrs"
+            "its few trainable tensors; its own default on %s is %g (trainer/FALCON.yaml): pass --lrs",
+            benchmark,
+            falcon_learning_rate(benchmark),
         )
     plans: list[RunPlan] = []
     note = None

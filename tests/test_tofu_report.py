@@ -23,6 +23,17 @@ def _run(work: Path, name: str, fq: float, mu: float) -> None:
     (work / "unlearn" / name / "seconds").write_text("12")
 
 
+def _report(work: Path, out: Path) -> None:
+    """Run report.py on a cache as the protocol's report stage does; it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/tofu_quality/report.py"), str(work), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_selection_keeps_utility_then_maximises_forget_quality(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     _summary(work / "evals" / "target", 1e-5, 0.60, prob=0.97)
@@ -33,13 +44,7 @@ def test_selection_keeps_utility_then_maximises_forget_quality(tmp_path: Path) -
     _run(work, "NPO_lr1e-4", 0.20, 0.30)  # no NPO run keeps utility: its best shown, flagged
     _run(work, "NPO_lr3e-5", 0.10, 0.50)
     (work / "unlearn" / "RMU_lr1e-4.tmp").mkdir(parents=True)  # unfinished, no eval: left out
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/tofu_quality/report.py"), str(work), str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    _report(work, out)
     rows = {r["run"]: r for r in csv.DictReader((out / "tofu_leaderboard.csv").open())}
     assert set(rows) == {"FALCON_lr3e-4", "FALCON_lr1e-3", "FALCON_lr3e-3", "NPO_lr1e-4", "NPO_lr3e-5"}
     selected = {r["run"] for r in rows.values() if r["selected"] == "True"}
@@ -69,13 +74,7 @@ def test_truth_ratio_section_places_each_run_against_the_retain_model(tmp_path: 
     _run(work, "FALCON_lr1e-3", 0.01, 0.58)
     _eval(work / "unlearn" / "FALCON_lr1e-3", over)
     _run(work, "NPO_lr3e-5", 0.2, 0.58)  # no TOFU_EVAL.json: no row in the section, still on the board
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/tofu_quality/report.py"), str(work), str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    _report(work, out)
     runs = {r["run"]: r for r in json.loads((out / "tofu_leaderboard.json").read_text())["runs"]}
     falcon = runs["FALCON_lr1e-3"]
     assert falcon["ks_D"] == ks_2samp(over, retain).statistic == 1.0
@@ -124,13 +123,7 @@ def test_relearning_results_and_the_retain_models_control(tmp_path: Path) -> Non
     _run(work, "FALCON_lr3e-4", 0.4, 0.58)
     _attack(work, "FALCON_lr3e-4", 0.001, 0.7)
     _attack(work, "reference-retain", 0.15, 0.45)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/tofu_quality/report.py"), str(work), str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    _report(work, out)
     board = json.loads((out / "tofu_leaderboard.json").read_text())
     run = board["runs"][0]
     assert (run["relearn_prob_before"], run["relearn_prob_after"]) == (0.001, 0.7)

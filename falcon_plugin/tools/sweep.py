@@ -127,7 +127,15 @@ def override_key(arg: str) -> str:
 
 
 SET_BY_SWEEP = ("model", "experiment", "task_name", "trainer", "paths.output_dir")
+"""Keys the sweep sets itself (``--model``, ``--methods``, task names, output folders)."""
 UNCAPPED = "++trainer.args.max_steps=-1"
+"""Every method trains for the experiment's epochs (an extra ``trainer.args.max_steps=N`` caps all)."""
+EVAL_PREFIXES = ("model.", "eval.")
+"""Extra overrides with these keys reach src/eval.py too: the model's loading (local weights and
+tokenizer, ``attn_implementation``, ``torch_dtype``, ``device_map``, templates) and the evaluation's
+own settings; ``model.model_args.pretrained_model_name_or_path`` names the model to unlearn and so
+reaches src/train.py only (src/eval.py evaluates the unlearned model)."""
+_MODEL_PATH_KEY = "model.model_args.pretrained_model_name_or_path"
 
 
 def falcon_learning_rate(benchmark: str) -> float:
@@ -138,16 +146,6 @@ def falcon_learning_rate(benchmark: str) -> float:
     shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "trainer" / "FALCON.yaml").read_text())
     budget = {**shipped["budget"], **(shipped.get(f"{benchmark}_budget") or {})}
     return float(budget["learning_rate"])
-
-
-"""Every method trains for the experiment's epochs (an extra ``trainer.args.max_steps=N`` caps all)."""
-"""Keys the sweep sets itself (``--model``, ``--methods``, task names, output folders)."""
-EVAL_PREFIXES = ("model.", "eval.")
-"""Extra overrides with these keys reach src/eval.py too: the model's loading (local weights and
-tokenizer, ``attn_implementation``, ``torch_dtype``, ``device_map``, templates) and the evaluation's
-own settings; ``model.model_args.pretrained_model_name_or_path`` names the model to unlearn and so
-reaches src/train.py only (src/eval.py evaluates the unlearned model)."""
-_MODEL_PATH_KEY = "model.model_args.pretrained_model_name_or_path"
 
 
 def eval_overrides(extra: Sequence[str]) -> list[str]:

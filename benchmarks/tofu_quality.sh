@@ -12,7 +12,8 @@
 #   finish_unlearn = evaluate (src/eval.py) unlearned models whose in-training eval did not finish;
 #   unlearn_defaults = FALCON through experiment=unlearn/tofu/falcon with its shipped budget (README);
 #   relearn_refs = the relearning attack on the retain model (the control of `relearn`).
-# Env: SCALE=full|micro|smoke, PAR (parallel unlearning runs), RELEARN_RUNS, LRS_<METHOD>, EXTRA_<METHOD>
+# Env: SCALE=full|micro|smoke, PAR (parallel unlearning runs), RELEARN_RUNS, LRS_<METHOD>, EXTRA_<METHOD>,
+#   RUN_TAG, SEED
 # Every stage skips work whose output already exists (delete the output to redo it); outputs are
 # written to a temporary name and renamed. Nothing is installed: PY must already have the host's
 # requirements and falcon-unlearning (`trainer=FALCON` comes from our Hydra search-path plugin).
@@ -69,6 +70,12 @@ LRS_GradDiff=${LRS_GradDiff:-"1e-5 3e-5 1e-4"}
 # EXTRA_UNLEARN (all methods) / EXTRA_<METHOD> (one method): extra host overrides, e.g.
 # EXTRA_FALCON="trainer.method_args.retain_weight=10"
 # RUN_TAG=-L7 EXTRA_FALCON="trainer.method_args.layer=7": a variant, run as FALCON-L7_lr<LR> (its own row)
+# SEED=N (N > 0): the unlearning runs again with the host's trainer.args.seed=N (data order, the retain item
+# drawn per forget item; FALCON's POV vector and Step-1 samples), named <run>_seed<N>; report.py keeps
+# selection on seed 0 and summarises the seeds
+SEED=${SEED:-0}
+case $SEED in *[!0-9]* | '') echo "SEED must be a non-negative integer, got '$SEED'" >&2; exit 2 ;; esac
+SEED_SUFFIX=; if [ "$SEED" -ne 0 ]; then SEED_SUFFIX=_seed$SEED; fi
 # relearning attack: Unlearn-Simple's protocol at full scale (100 steps, lr 1e-5: `falcon-unlearn attack`'s
 # defaults); micro / smoke take fewer steps at lr 1e-4
 RELEARN_STEPS=${RELEARN_STEPS:-100}; RELEARN_LR=${RELEARN_LR:-1e-5}
@@ -150,7 +157,8 @@ stage_probes() {  # cheap forget-set probe of base and target: did fine-tuning l
 stage_eval_refs() { stage_eval_retain; stage_eval_target; stage_probes; }
 
 unlearn() {  # $1 = method, $2 = lr (max_steps=-1: FALCON.yaml's 100-step budget gives way to the epochs)
-  local name=$1${RUN_TAG:-}_lr$2 out=$WORK/unlearn/$1${RUN_TAG:-}_lr$2
+  local name=$1${RUN_TAG:-}_lr$2$SEED_SUFFIX
+  local out=$WORK/unlearn/$name
   if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
   log "unlearn $name"
   rm -rf "$out.tmp"
@@ -161,7 +169,7 @@ unlearn() {  # $1 = method, $2 = lr (max_steps=-1: FALCON.yaml's 100-step budget
     retain_split=retain retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" \
     trainer.args.per_device_train_batch_size=$UL_BS trainer.args.learning_rate=$2 \
     trainer.args.num_train_epochs=$UL_EPOCHS ++trainer.args.max_steps=-1 trainer.args.logging_steps=1 \
-    ${EXTRA_UNLEARN:-} ${!xv:-} \
+    trainer.args.seed=$SEED ${EXTRA_UNLEARN:-} ${!xv:-} \
     task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
     || log "unlearn $name: host run failed (see logs/ul_$name.log); evaluating the saved model if any"
   echo $(( $(date +%s) - t0 )) > "$out.tmp/seconds"
@@ -203,7 +211,7 @@ stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlea
   lr=$($PY -c "import yaml, falcon_plugin, pathlib
 p = pathlib.Path(falcon_plugin.__file__).parent / 'configs/trainer/FALCON.yaml'
 print(yaml.safe_load(p.read_text())['tofu_budget']['learning_rate'])") || { log "cannot read FALCON.yaml's tofu_budget"; return 1; }
-  name=FALCON-defaults_lr$lr out=$WORK/unlearn/FALCON-defaults_lr$lr
+  name=FALCON-defaults_lr$lr$SEED_SUFFIX out=$WORK/unlearn/FALCON-defaults_lr$lr$SEED_SUFFIX
   if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
   log "unlearn $name"
   rm -rf "$out.tmp"
@@ -211,7 +219,7 @@ print(yaml.safe_load(p.read_text())['tofu_budget']['learning_rate'])") || { log 
   model_overrides "$M/target"
   (cd "$HOST" && $NICE $PY src/train.py --config-name=unlearn.yaml experiment=unlearn/tofu/falcon \
     "${MO[@]}" "${CPU_O[@]}" "${EVAL_O[@]}" retain_split=retain \
-    retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" trainer.args.logging_steps=1 \
+    retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" trainer.args.logging_steps=1 trainer.args.seed=$SEED \
     task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
     || log "unlearn $name: host run failed (see logs/ul_$name.log); evaluating the saved model if any"
   echo $(( $(date +%s) - t0 )) > "$out.tmp/seconds"

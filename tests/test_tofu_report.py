@@ -130,3 +130,48 @@ def test_relearning_results_and_the_retain_models_control(tmp_path: Path) -> Non
     assert board["relearn_control"] == {"relearn/forget_prob_before": 0.15, "relearn/forget_prob_after": 0.45}
     assert "answer prob 0.150 -> 0.450" in (out / "tofu_leaderboard.md").read_text()
     assert [r["run"] for r in board["runs"]] == ["FALCON_lr3e-4"]  # the control is not a run
+
+
+def test_seed_runs_are_summarised_but_do_not_change_the_selection(tmp_path: Path) -> None:
+    """Runs named <run>_seed<N> get their seed; selection and the front stay on seed 0; a seeds section
+    lists forget_quality per seed with its median and range."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    _summary(work / "evals" / "target", 1e-5, 0.60)
+    _summary(work / "evals" / "retain", 1.0, 0.59)
+    _run(work, "FALCON_lr3e-4", 0.40, 0.58)
+    _run(work, "FALCON_lr3e-4_seed1", 0.95, 0.58)  # a lucky seed must not become the selected run
+    _run(work, "FALCON_lr3e-4_seed2", 0.10, 0.50)
+    _attack(work, "FALCON_lr3e-4_seed2", 0.001, 0.6)  # attacked at seed 2 only: labelled with its seed
+    _run(work, "FALCON_lr1e-4", 0.20, 0.59)
+    _run(work, "NPO_lr1e-4_seed1", 0.9, 0.59)  # no seed-0 NPO run: listed, never selected
+    (work / "unlearn" / "FALCON_3e-4").mkdir()  # not a run name: skipped with a message
+    _report(work, out)
+    board = json.loads((out / "tofu_leaderboard.json").read_text())
+    runs = {r["run"]: r for r in board["runs"]}
+    assert set(runs) == {
+        "FALCON_lr3e-4",
+        "FALCON_lr3e-4_seed1",
+        "FALCON_lr3e-4_seed2",
+        "FALCON_lr1e-4",
+        "NPO_lr1e-4_seed1",
+    }
+    assert (runs["FALCON_lr3e-4_seed2"]["seed"], runs["FALCON_lr3e-4_seed2"]["lr"]) == (2, 3e-4)
+    assert [r for r, v in runs.items() if v["selected"]] == ["FALCON_lr3e-4"]
+    assert not runs["FALCON_lr3e-4_seed1"]["pareto"]
+    (group,) = board["seeds"]
+    assert group["seeds"] == "0 1 2" and group["forget_quality per seed"] == "0.400 / 0.950 / 0.100"
+    assert (group["fq_median"], group["fq_min"], group["fq_max"]) == (0.40, 0.10, 0.95)
+    assert group["keeps_utility"] == "2/3" and group["relearn_prob_after (seed: value)"] == "2: 0.600"
+    md = (out / "tofu_leaderboard.md").read_text()
+    best = md.split("## Best run per method")[1].split("## All runs")[0]
+    assert "| FALCON | 3.00e-04 | 0 | 0.400 |" in best and "NPO" not in best
+    seeds = md.split("## Seeds")[1]
+    assert "| FALCON | 3.00e-04 | 0 1 2 | 0.400 / 0.950 / 0.100 | 0.400 | 0.100 | 0.950 |" in seeds
+
+
+def test_protocol_script_rejects_a_bad_seed_before_any_work(tmp_path: Path) -> None:
+    script = REPO / "benchmarks" / "tofu_quality.sh"
+    env = {"PATH": "/usr/bin:/bin", "HOST": str(tmp_path), "WORK": str(tmp_path / "work"), "SEED": "1e3"}
+    proc = subprocess.run(["bash", str(script), "data"], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 2 and "SEED must be a non-negative integer, got '1e3'" in proc.stderr
+    assert not (tmp_path / "work" / "logs").exists()  # stopped before the stages set anything up

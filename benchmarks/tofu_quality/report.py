@@ -1,12 +1,15 @@
 """Leaderboard for benchmarks/tofu_quality.sh: reads $WORK/evals/{target,retain}/TOFU_SUMMARY.json,
-$WORK/unlearn/<METHOD>_lr<LR>/{TOFU_SUMMARY.json,seconds}, the relearning attack's
-$WORK/attacks/<METHOD>_lr<LR>/attacks.json (``falcon-unlearn attack``, docs/attacks.md) and writes,
+$WORK/unlearn/<METHOD>_lr<LR>[_seed<N>]/{TOFU_SUMMARY.json,seconds}, the relearning attack's
+$WORK/attacks/<run>/attacks.json (``falcon-unlearn attack``, docs/attacks.md) and writes,
 atomically, into OUT: tofu_leaderboard.md / .csv / .json and tofu_pareto.png.
 
 Selection (per method, over its lr sweep): TOFU's protocol compares methods by forget_quality (KS-test
 p-value of the forget truth ratios against the retain model) at a model_utility close to the target's.
 We keep the runs with model_utility >= 0.95 x target's and take the highest forget_quality; when no run
-of a method keeps that utility, its highest-forget_quality run is shown and flagged.
+of a method keeps that utility, its highest-forget_quality run is shown and flagged. Selection and the
+Pareto front use the grid's runs (the host's seed 0); runs repeated with other seeds (``_seed<N>``, the
+script's SEED) are listed and summarised per (method, lr) in a seeds section: how far one run's
+forget_quality can be trusted.
 Usage: report.py WORK OUT
 """
 
@@ -16,6 +19,8 @@ import io
 import json
 import math
 import os
+import re
+import statistics
 import sys
 
 import matplotlib
@@ -28,6 +33,7 @@ from falcon_plugin.tools.common.pareto import pareto_front
 from falcon_plugin.tools.common.tables import markdown_table
 
 work, out = sys.argv[1], sys.argv[2]
+RUN_NAME = re.compile(r"(?P<method>.+)_lr(?P<lr>[^_]+)(?:_seed(?P<seed>\d+))?")
 KEYS = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE"]
 
 
@@ -102,10 +108,14 @@ for d in sorted(glob.glob(os.path.join(udir, "*"))):
     if not s:
         continue
     name = name[:-4] if name.endswith(".tmp") else name
-    method, lr = name.rsplit("_lr", 1)
+    parsed = RUN_NAME.fullmatch(name)
+    if parsed is None:
+        print(f"skipping {d}: not named <METHOD>_lr<LR>[_seed<N>]", file=sys.stderr)
+        continue
     r = {
-        "method": method + (" (partial)" if partial else ""),
-        "lr": float(lr),
+        "method": parsed["method"] + (" (partial)" if partial else ""),
+        "lr": float(parsed["lr"]),
+        "seed": int(parsed["seed"] or 0),
         "run": name,
         "partial": partial,
         **{k: s.get(k) for k in KEYS},
@@ -128,16 +138,17 @@ mu_t = (refs["target"] or {}).get("model_utility")
 for r in runs:
     r["mu_ratio"] = r["model_utility"] / mu_t if mu_t and r["model_utility"] is not None else None
     r["keeps_utility"] = r["mu_ratio"] is not None and r["mu_ratio"] >= 0.95
+grid = [r for r in runs if r["seed"] == 0]  # selection and the front: the lr grid at the host's seed
 best = {}
-for r in runs:
-    cand = [x for x in runs if x["method"] == r["method"]]
+for r in grid:
+    cand = [x for x in grid if x["method"] == r["method"]]
     ok = [x for x in cand if x["keeps_utility"]] or cand
     best[r["method"]] = max(ok, key=lambda x: (x["forget_quality"] or 0, x["model_utility"] or 0))
-full = [r for r in runs if r["forget_quality"] is not None and r["model_utility"] is not None]
+full = [r for r in grid if r["forget_quality"] is not None and r["model_utility"] is not None]
 on_front = pareto_front([(r["forget_quality"], r["model_utility"]) for r in full])
 front_ids = {id(r) for r, on in zip(full, on_front, strict=True) if on}
 for r in runs:
-    r["selected"] = best[r["method"]] is r
+    r["selected"] = best.get(r["method"]) is r
     r["pareto"] = id(r) in front_ids
 
 
@@ -161,6 +172,7 @@ def f(x, nd=3):
 cols = [
     "method",
     "lr",
+    "seed",
     "forget_quality",
     "model_utility",
     "mu_ratio",
@@ -221,8 +233,55 @@ md += [
     "",
     "## All runs",
     "",
-    table(cols, [cells(r) for r in sorted(runs, key=lambda r: (r["method"], r["lr"]))]),
+    table(cols, [cells(r) for r in sorted(runs, key=lambda r: (r["method"], r["lr"], r["seed"]))]),
 ]
+
+
+def seed_groups(runs):
+    """Per (method, lr) run with more than one seed: its forget_quality per seed, their median and range,
+    and the utility kept (mu_ratio) per seed; ordered like the board."""
+    groups = {}
+    for r in runs:
+        if r["forget_quality"] is not None and r["mu_ratio"] is not None:
+            groups.setdefault((r["method"], r["lr"]), []).append(r)
+    rows = []
+    for (method, lr), rs in sorted(groups.items()):
+        if len(rs) < 2:
+            continue
+        rs = sorted(rs, key=lambda r: r["seed"])
+        fq = [r["forget_quality"] for r in rs]
+        after = [(r["seed"], r["relearn_prob_after"]) for r in rs if r.get("relearn_prob_after") is not None]
+        rows.append(
+            {
+                "method": method,
+                "lr": lr,
+                "seeds": " ".join(str(r["seed"]) for r in rs),
+                "forget_quality per seed": " / ".join(f(x) for x in fq),
+                "fq_median": statistics.median(fq),
+                "fq_min": min(fq),
+                "fq_max": max(fq),
+                "mu_ratio per seed": " / ".join(f(r["mu_ratio"]) for r in rs),
+                "keeps_utility": f"{sum(r['keeps_utility'] for r in rs)}/{len(rs)}",
+                "relearn_prob_after (seed: value)": " / ".join(f"{seed}: {f(x)}" for seed, x in after)
+                or None,
+            }
+        )
+    return rows
+
+
+seeded = seed_groups(runs)
+if seeded:
+    md += [
+        "",
+        "## Seeds",
+        "",
+        "The same run with other seeds (the host's `trainer.args.seed`: data order, the retain item drawn "
+        "for each forget item and FALCON's POV vector and Step-1 samples); the board above uses seed 0. "
+        "forget_quality is one KS p-value over 40 questions, uniform on [0, 1] when a run matches the "
+        "retain model, so one seed ranks runs only roughly.",
+        "",
+        table(list(seeded[0]), [[f(v) for v in row.values()] for row in seeded]),
+    ]
 TR_COLS = ["tr_q10", "tr_median", "tr_q90", "tr_above_1", "ks_D"]
 shaped = [r for r in runs if "ks_D" in r]
 if shaped:
@@ -233,7 +292,7 @@ if shaped:
     ]
     run_rows = [
         [r["run"], *(f(r[c]) for c in TR_COLS), f(r["forget_quality"])]
-        for r in sorted(shaped, key=lambda r: (r["method"], r["lr"]))
+        for r in sorted(shaped, key=lambda r: (r["method"], r["lr"], r["seed"]))
     ]
     md += [
         "",
@@ -283,6 +342,7 @@ atomic(
             },
             "relearn_control": control_cols or None,
             "runs": runs,
+            "seeds": seeded,
         },
         indent=1,
     ),
@@ -307,6 +367,10 @@ for r in full:
     ax.annotate(
         f"{r['lr']:.0e}", (r["model_utility"], y), fontsize=6, xytext=(3, 3), textcoords="offset points"
     )
+for r in runs:
+    if r["seed"] and r["forget_quality"] is not None and r["model_utility"] is not None:
+        y = math.log10(max(r["forget_quality"], 1e-30))
+        ax.scatter(r["model_utility"], y, color=colors.get(r["method"], "grey"), s=10, marker=".", zorder=2)
 front = sorted([r for r in runs if r["pareto"]], key=lambda r: r["model_utility"])
 if front:
     ax.plot(

@@ -211,7 +211,8 @@ stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlea
   lr=$($PY -c "import yaml, falcon_plugin, pathlib
 p = pathlib.Path(falcon_plugin.__file__).parent / 'configs/trainer/FALCON.yaml'
 print(yaml.safe_load(p.read_text())['tofu_budget']['learning_rate'])") || { log "cannot read FALCON.yaml's tofu_budget"; return 1; }
-  name=FALCON-defaults_lr$lr$SEED_SUFFIX out=$WORK/unlearn/FALCON-defaults_lr$lr$SEED_SUFFIX
+  name=FALCON-defaults_lr$lr$SEED_SUFFIX
+  out=$WORK/unlearn/$name
   if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
   log "unlearn $name"
   rm -rf "$out.tmp"

@@ -23,8 +23,8 @@ def _run(work: Path, name: str, fq: float, mu: float) -> None:
     (work / "unlearn" / name / "seconds").write_text("12")
 
 
-def _report(work: Path, out: Path) -> None:
-    """Run report.py on a cache as the protocol's report stage does; it must succeed."""
+def _report(work: Path, out: Path) -> str:
+    """Run report.py on a cache as the protocol's report stage does; it must succeed. Returns its stderr."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/tofu_quality/report.py"), str(work), str(out)],
         capture_output=True,
@@ -32,6 +32,7 @@ def _report(work: Path, out: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+    return proc.stderr
 
 
 def test_selection_keeps_utility_then_maximises_forget_quality(tmp_path: Path) -> None:
@@ -144,8 +145,8 @@ def test_seed_runs_are_summarised_but_do_not_change_the_selection(tmp_path: Path
     _attack(work, "FALCON_lr3e-4_seed2", 0.001, 0.6)  # attacked at seed 2 only: labelled with its seed
     _run(work, "FALCON_lr1e-4", 0.20, 0.59)
     _run(work, "NPO_lr1e-4_seed1", 0.9, 0.59)  # no seed-0 NPO run: listed, never selected
-    (work / "unlearn" / "FALCON_3e-4").mkdir()  # not a run name: skipped with a message
-    _report(work, out)
+    _run(work, "FALCON_3e-4", 0.99, 0.59)  # finished, but not a run name: skipped with a message
+    assert "FALCON_3e-4: not named <METHOD>_lr<LR>[_seed<N>]" in _report(work, out)
     board = json.loads((out / "tofu_leaderboard.json").read_text())
     runs = {r["run"]: r for r in board["runs"]}
     assert set(runs) == {

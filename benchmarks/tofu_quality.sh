@@ -156,24 +156,28 @@ stage_probes() {  # cheap forget-set probe of base and target: did fine-tuning l
 }
 stage_eval_refs() { stage_eval_retain; stage_eval_target; stage_probes; }
 
-unlearn() {  # $1 = method, $2 = lr (max_steps=-1: FALCON.yaml's 100-step budget gives way to the epochs)
-  local name=$1${RUN_TAG:-}_lr$2$SEED_SUFFIX
-  local out=$WORK/unlearn/$name
+host_unlearn() {  # $1 = run name, $2 = host experiment, rest = the run's own overrides: one src/train.py
+  # run on the target model into unlearn/$1 (skipped when DONE), its wall time, then its evaluation
+  local name=$1 experiment=$2 out=$WORK/unlearn/$1 t0
+  shift 2
   if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
   log "unlearn $name"
   rm -rf "$out.tmp"
-  local t0=$(date +%s) xv=EXTRA_$1
+  t0=$(date +%s)
   model_overrides "$M/target"
-  (cd "$HOST" && $NICE $PY src/train.py --config-name=unlearn.yaml experiment=unlearn/tofu/default \
-    trainer=$1 "${MO[@]}" "${CPU_O[@]}" "${EVAL_O[@]}" \
-    retain_split=retain retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" \
-    trainer.args.per_device_train_batch_size=$UL_BS trainer.args.learning_rate=$2 \
-    trainer.args.num_train_epochs=$UL_EPOCHS ++trainer.args.max_steps=-1 trainer.args.logging_steps=1 \
-    trainer.args.seed=$SEED ${EXTRA_UNLEARN:-} ${!xv:-} \
-    task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
+  (cd "$HOST" && $NICE $PY src/train.py --config-name=unlearn.yaml experiment=$experiment \
+    "${MO[@]}" "${CPU_O[@]}" "${EVAL_O[@]}" retain_split=retain \
+    retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" trainer.args.logging_steps=1 trainer.args.seed=$SEED \
+    "$@" task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
     || log "unlearn $name: host run failed (see logs/ul_$name.log); evaluating the saved model if any"
   echo $(( $(date +%s) - t0 )) > "$out.tmp/seconds"
   finish_unlearn "$out" || true
+}
+unlearn() {  # $1 = method, $2 = lr (max_steps=-1: FALCON.yaml's 100-step budget gives way to the epochs)
+  local xv=EXTRA_$1
+  host_unlearn "$1${RUN_TAG:-}_lr$2$SEED_SUFFIX" unlearn/tofu/default trainer=$1 \
+    trainer.args.per_device_train_batch_size=$UL_BS trainer.args.learning_rate=$2 \
+    trainer.args.num_train_epochs=$UL_EPOCHS ++trainer.args.max_steps=-1 ${EXTRA_UNLEARN:-} ${!xv:-}
 }
 finish_unlearn() {  # $1 = run dir; take the host's end-of-training eval, else evaluate the saved model
   local out=$1 ev
@@ -207,24 +211,11 @@ stage_unlearn() {  # PAR runs at a time (default 1)
 stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlearn/tofu/falcon, no budget overrides
   # (trainer/FALCON.yaml's tofu_budget over its budget: lr, epochs, batch 4, constant; method_args as shipped);
   # the run is named after the shipped lr, so a change of the default is a new run
-  local lr name out
+  local lr
   lr=$($PY -c "import yaml, falcon_plugin, pathlib
 p = pathlib.Path(falcon_plugin.__file__).parent / 'configs/trainer/FALCON.yaml'
 print(yaml.safe_load(p.read_text())['tofu_budget']['learning_rate'])") || { log "cannot read FALCON.yaml's tofu_budget"; return 1; }
-  name=FALCON-defaults_lr$lr$SEED_SUFFIX
-  out=$WORK/unlearn/$name
-  if [ -f "$out/DONE" ]; then log "unlearn $name: exists"; return; fi
-  log "unlearn $name"
-  rm -rf "$out.tmp"
-  local t0=$(date +%s)
-  model_overrides "$M/target"
-  (cd "$HOST" && $NICE $PY src/train.py --config-name=unlearn.yaml experiment=unlearn/tofu/falcon \
-    "${MO[@]}" "${CPU_O[@]}" "${EVAL_O[@]}" retain_split=retain \
-    retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" trainer.args.logging_steps=1 trainer.args.seed=$SEED \
-    task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
-    || log "unlearn $name: host run failed (see logs/ul_$name.log); evaluating the saved model if any"
-  echo $(( $(date +%s) - t0 )) > "$out.tmp/seconds"
-  finish_unlearn "$out" || true
+  host_unlearn "FALCON-defaults_lr$lr$SEED_SUFFIX" unlearn/tofu/falcon
 }
 relearn_attack() {  # $1 = model folder, $2 = name: `falcon-unlearn attack --attacks relearn` into attacks/$2
   if [ -f "$WORK/attacks/$2/attacks.json" ]; then log "relearn $2: exists"; return; fi

@@ -11,7 +11,9 @@
 #   finetune = finetune_target finetune_retain; eval_refs = eval_retain eval_target probes;
 #   finish_unlearn = evaluate (src/eval.py) unlearned models whose in-training eval did not finish;
 #   unlearn_defaults = FALCON through experiment=unlearn/tofu/falcon with its shipped budget (README);
-#   relearn_refs = the relearning attack on the retain model (the control of `relearn`).
+#   relearn_refs = the relearning attack on the retain model (the control of `relearn`);
+#   retain_seed (SEED=N > 0, not in the default list) = a second retain model, fine-tuned like the first with
+#   the host's seed N, evaluated against the first: the forget_quality a perfect unlearner scores here.
 # Env: SCALE=full|micro|smoke, PAR (parallel unlearning runs), RELEARN_RUNS, LRS_<METHOD>, EXTRA_<METHOD>,
 #   RUN_TAG, SEED
 # Every stage skips work whose output already exists (delete the output to redo it); outputs are
@@ -115,8 +117,8 @@ stage_data() {
 stage_export() {
   $NICE $CONVERT_PY "$HERE/export_model.py" "$SHARED/models/smollm2-135m-instruct-gguf" "$M/base"
 }
-finetune() {  # $1 = name, $2 = TOFU config of the training set
-  local out=$M/$1
+finetune() {  # $1 = name, $2 = TOFU config of the training set, $3 = the host's seed (default 0, its own)
+  local out=$M/$1 seed=${3:-0}
   if [ -f "$out/model.safetensors" ]; then log "finetune $1: exists"; return; fi
   log "finetune $1 on $2"
   rm -rf "$out.tmp"
@@ -126,6 +128,7 @@ finetune() {  # $1 = name, $2 = TOFU config of the training set
     data.train.TOFU_QA_full.args.hf_args.name=$2 \
     trainer.args.per_device_train_batch_size=$FT_BS trainer.args.learning_rate=$FT_LR \
     trainer.args.num_train_epochs=$FT_EPOCHS trainer.args.weight_decay=0.01 trainer.args.do_eval=false \
+    trainer.args.seed=$seed \
     trainer.args.logging_steps=5 task_name=tq_ft_$1 paths.output_dir="$out.tmp") > "$WORK/logs/ft_$1.log" 2>&1
   mv "$out.tmp" "$out"
 }
@@ -155,6 +158,12 @@ stage_probes() {  # cheap forget-set probe of base and target: did fine-tuning l
   done
 }
 stage_eval_refs() { stage_eval_retain; stage_eval_target; stage_probes; }
+stage_retain_seed() {  # the retain model again at seed SEED (data order only: same data, same recipe), scored
+  # against the first: a model that never saw the forget set, i.e. the ceiling of forget_quality here
+  if [ "$SEED" -eq 0 ]; then log "retain_seed: needs SEED=N > 0, got SEED=$SEED (the reference retain model)" >&2; return 1; fi
+  finetune "retain_seed$SEED" retain "$SEED"
+  host_eval "$M/retain_seed$SEED" "$WORK/evals/retain_seed$SEED" "$WORK/evals/retain/TOFU_EVAL.json"
+}
 
 host_unlearn() {  # $1 = run name, $2 = host experiment, rest = the run's own overrides: one src/train.py
   # run on the target model into unlearn/$1 (skipped when DONE), its wall time, then its evaluation

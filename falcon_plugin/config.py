@@ -240,8 +240,8 @@ class FalconConfig:
     trainable_modules: str = _option(
         "mlp",
         "default trainable tensors of layers l*-2..l* when `trainable_params_regex` is null: "
-        "`mlp` (every MLP "
-        "weight; unlearns a real LM, docs/real_lm.md) or `down_proj` (the official code's)",
+        "`mlp` (every MLP weight; unlearns a real LM, docs/real_lm.md) or `down_proj` (the official code's; "
+        "what the TOFU experiment trains, docs/results/README.md)",
         choices=tuple(TRAINABLE_MODULES),
     )
     temperature: float = _option(0.7, "InfoNCE temperature τ (official code)")

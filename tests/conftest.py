@@ -63,6 +63,21 @@ class CharTokenizer:
         return {"input_ids": ids}
 
 
+PACKAGED_TRAINERS = Path(__file__).resolve().parents[1] / "falcon_plugin" / "configs" / "trainer"
+
+
+def shipped_method_args(benchmark: str | None = None, trainer: str = "FALCON") -> dict:
+    """``trainer/FALCON.yaml``'s method_args as a run receives them: resolved, on a benchmark's experiment
+    (``benchmark="tofu"``: its ``tofu_method_args`` through ``benchmark_method_args``) or without one."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    node = yaml.safe_load((PACKAGED_TRAINERS / f"{trainer}.yaml").read_text())
+    if benchmark is not None:
+        node["benchmark_method_args"] = node.get(f"{benchmark}_method_args")
+    return OmegaConf.to_container(OmegaConf.create({"trainer": node}), resolve=True)["trainer"]["method_args"]
+
+
 def qa_items(tokenizer, count: int, topic: str, seed: int = 0):
     from falcon_plugin.data import tokenize_qa
 

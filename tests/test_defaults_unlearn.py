@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import shipped_method_args
 
 from falcon_plugin import FALCON
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset, tokenize_qa
@@ -39,7 +40,7 @@ def shipped_settings() -> dict[str, Any]:
         "learning_rate": float(budget["learning_rate"]),
         "batch_size": int(budget["per_device_train_batch_size"]) * int(budget["gradient_accumulation_steps"]),
         "steps": int(budget["max_steps"]),
-        "method_args": trainer["method_args"],
+        "method_args": shipped_method_args(),  # the library's (TOFU's own: tofu_method_args)
     }
 
 
@@ -168,3 +169,17 @@ def test_the_paper_values_forget_nothing(learnt: dict[str, Any], tmp_path: Path)
     paper = {**settings["method_args"], "trainable_modules": "down_proj", "retain_weight": 100}
     forget, _ = _unlearn(learnt, tmp_path, 5e-5, paper, settings["batch_size"], settings["steps"])
     assert forget >= 0.5 * learnt["before"][0], f"forget {forget:.4f} moved at lr 5e-5"
+
+
+def test_the_down_projections_alone_forget_only_part_of_it_at_the_library_budget(
+    learnt: dict[str, Any], tmp_path: Path
+) -> None:
+    """Why the library keeps every MLP weight while the TOFU experiment trains the down-projections
+    (`tofu_method_args`, chosen on TOFU's forget_quality, docs/results/README.md): at the library's
+    budget they leave about half of the forget facts here (measured 0.47 of 0.98)."""
+    settings = shipped_settings()
+    down = {**settings["method_args"], "trainable_modules": "down_proj"}
+    forget, _ = _unlearn(
+        learnt, tmp_path, settings["learning_rate"], down, settings["batch_size"], settings["steps"]
+    )
+    assert forget >= 0.25 * learnt["before"][0], f"forget {forget:.4f}: the down-projections alone now forget"

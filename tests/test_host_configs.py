@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import shipped_method_args
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import TrainingArguments
 
 from falcon_plugin.config import FalconConfig, MIConfig
+from falcon_plugin.tools.sweep import falcon_benchmark_overrides
 
 FAKE_CONFIGS = Path(__file__).parent / "fixtures" / "fake_host" / "configs"
 PACKAGED = Path(__file__).resolve().parents[1] / "falcon_plugin" / "configs"
@@ -61,13 +63,13 @@ def test_short_form_turns_train_yaml_into_a_falcon_unlearning_run() -> None:
     assert {k: args[k] for k in budget} == {
         k: _number(v) for k, v in budget.items()
     }  # FALCON's, not the host's 1e-5 and 10 epochs
-    assert (args["learning_rate"], args["num_train_epochs"], args["max_steps"]) == (3e-4, 5, -1)
+    assert (args["learning_rate"], args["num_train_epochs"], args["max_steps"]) == (1e-3, 5, -1)
     assert set(cfg["data"]) == {"forget", "retain", "anchor"}
     assert "TOFU_QA_forget" in cfg["data"]["forget"]
-    assert (
-        cfg["trainer"]["method_args"]
-        == yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())["method_args"]
-    )
+    assert cfg["trainer"]["method_args"] == shipped_method_args("tofu")  # TOFU's tensors over the defaults
+    tofu_modules = shipped["tofu_method_args"]["trainable_modules"]
+    assert cfg["trainer"]["method_args"]["trainable_modules"] == tofu_modules == "down_proj"
+    assert shipped_method_args()["trainable_modules"] == "mlp"  # elsewhere (MUSE, no experiment): every MLP
 
 
 @pytest.mark.parametrize("bench", BENCHES)
@@ -87,7 +89,22 @@ def test_short_form_is_the_hosts_unlearn_run_for_any_trainer(bench: str) -> None
         hf_default = TrainingArguments.__dataclass_fields__["max_steps"].default
         assert short["trainer"]["args"].pop("max_steps") == hf_default == -1
         assert "max_steps" not in host["trainer"]["args"]
+        # FALCON's TOFU method_args come through this key; another trainer gets null and keeps its own
+        assert short["trainer"].pop("benchmark_method_args") is None
     assert short == host
+
+
+def test_sweep_override_gives_falcon_its_tofu_method_args_in_the_hosts_experiment() -> None:
+    """`falcon-unlearn sweep` runs FALCON in the host's own TOFU experiment; its one extra override gives it
+    the method_args experiment=unlearn/tofu/falcon gives (TOFU's tensors), and nothing else changes."""
+    run = ("unlearn.yaml", "experiment=unlearn/tofu/default", "trainer=FALCON")
+    plain, swept = composed(*run), composed(*run, *falcon_benchmark_overrides("tofu"))
+    assert plain["trainer"]["method_args"] == shipped_method_args()
+    assert swept["trainer"]["method_args"] == shipped_method_args("tofu")
+    assert swept["trainer"].pop("benchmark_method_args")["trainable_modules"] == "down_proj"
+    swept["trainer"]["method_args"].pop("trainable_modules")
+    plain["trainer"]["method_args"].pop("trainable_modules")
+    assert swept == plain
 
 
 def test_paper_trainer_on_tofu_takes_the_official_tofu_lr() -> None:
@@ -131,7 +148,7 @@ def test_method_args_stay_overridable_from_the_command_line() -> None:
 
 
 def test_falcon_yaml_matches_the_core_defaults() -> None:
-    method = yaml.safe_load((PACKAGED / "trainer" / "FALCON.yaml").read_text())["method_args"]
+    method = shipped_method_args()
     mi = method.pop("mi")
     assert mi == {k: getattr(MIConfig(), k) for k in MIConfig.__dataclass_fields__}
     defaults = FalconConfig().to_dict()

@@ -241,7 +241,8 @@ def test_wmdp_short_form_constructs_falcon_and_the_host_default_explains_rmu_lef
     def method_args(config_name: str, *overrides: str) -> dict:
         with initialize_config_dir(config_dir=configs, version_base=None):
             cfg = compose(config_name=config_name, overrides=[*overrides, "task_name=t"])
-        return OmegaConf.to_container(cfg.trainer.method_args)  # type: ignore[return-value]
+        # resolved, as the host's `**method_args` of a DictConfig resolves each value it reads
+        return OmegaConf.to_container(cfg.trainer.method_args, resolve=True)  # type: ignore[return-value]
 
     args = transformers.TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
     built = cls(

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from falcon_plugin.tools.cli import main
-from falcon_plugin.tools.sweep import MARKER, falcon_learning_rate, parse_lrs, plan_runs
+from falcon_plugin.tools.sweep import (
+    MARKER,
+    falcon_benchmark_overrides,
+    falcon_learning_rate,
+    parse_lrs,
+    plan_runs,
+)
 
 FAKE_TRAIN = textwrap.dedent('''
     """Fake src/train.py: records the call, fails for trainer=NPO, else writes a run folder."""
@@ -469,8 +475,12 @@ def test_every_method_trains_for_the_experiments_epochs(host: Path, caplog: pyte
     with caplog.at_level("WARNING"):
         plans = plan_runs(host, "tofu", ["FALCON", "RMU"], [None], python="python")
     assert all("++trainer.args.max_steps=-1" in p.commands[0] for p in plans)
-    assert "pass --lrs" in caplog.text and "its own default on tofu is 0.0003" in caplog.text
-    assert (falcon_learning_rate("tofu"), falcon_learning_rate("muse")) == (3e-4, 1e-3)  # tofu_budget, budget
+    assert "pass --lrs" in caplog.text and "its own default on tofu is 0.001" in caplog.text
+    assert (falcon_learning_rate("tofu"), falcon_learning_rate("muse")) == (1e-3, 1e-3)  # tofu_budget, budget
+    falcon, rmu = (p.commands[0] for p in plans)  # FALCON gets its TOFU method_args, as its experiment does
+    assert "++trainer.benchmark_method_args=${trainer.tofu_method_args}" in falcon
+    assert not any("benchmark_method_args" in a for a in rmu)
+    assert falcon_benchmark_overrides("muse") == []  # FALCON.yaml has no muse_method_args
     caplog.clear()
     capped = plan_runs(host, "tofu", ["FALCON"], [1e-3], python="python", extra=["trainer.args.max_steps=4"])
     train = capped[0].commands[0]

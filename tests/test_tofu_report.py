@@ -176,3 +176,73 @@ def test_protocol_script_rejects_a_bad_seed_before_any_work(tmp_path: Path) -> N
     proc = subprocess.run(["bash", str(script), "data"], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 2 and "SEED must be a non-negative integer, got '1e3'" in proc.stderr
     assert not (tmp_path / "work" / "logs").exists()  # stopped before the stages set anything up
+
+
+def test_retain_models_at_other_seeds_are_references_and_the_ceiling(tmp_path: Path) -> None:
+    """evals/retain_seed<N> (the script's retain_seed stage) are reference rows, never runs; the board states
+    their forget_quality as what a perfect unlearner scores, and places their truth ratios like a run's."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    _summary(work / "evals" / "target", 1e-5, 0.60)
+    _summary(work / "evals" / "retain", 1.0, 0.59)
+    _eval(work / "evals" / "retain", [0.5 + 0.02 * i for i in range(40)])
+    for seed, fq in ((10, 0.62), (2, 0.97)):  # numeric order: seed 2 before seed 10
+        _summary(work / "evals" / f"retain_seed{seed}", fq, 0.58)
+        _eval(work / "evals" / f"retain_seed{seed}", [0.52 + 0.02 * i for i in range(40)])
+    (work / "evals" / "retain_seedx").mkdir()  # not a seed: ignored
+    _run(work, "FALCON_lr3e-4", 0.40, 0.58)
+    _eval(work / "unlearn" / "FALCON_lr3e-4", [0.6 + 0.02 * i for i in range(40)])
+    _report(work, out)
+    board = json.loads((out / "tofu_leaderboard.json").read_text())
+    assert list(board["references"]) == ["target", "retain", "retain_seed2", "retain_seed10"]
+    assert [r["run"] for r in board["runs"]] == ["FALCON_lr3e-4"]
+    md = (out / "tofu_leaderboard.md").read_text()
+    refs = md.split("## Reference models")[1].split("## Best run per method")[0]
+    assert "| retain_seed2 | 0.970 |" in refs
+    assert "score forget_quality 0.970 (retain_seed2), 0.620 (retain_seed10) against the reference" in refs
+    ratios = md.split("## Forget truth ratios against the retain model")[1]
+    assert "| retain_seed2 | 0.598 |" in ratios  # its own quantiles (0.52 + 0.02 * 3.9)
+
+
+def test_protocol_script_refuses_a_retain_seed_at_seed_zero(tmp_path: Path) -> None:
+    """retain_seed at SEED=0 would retrain the reference retain model itself: refused before any work."""
+    script = REPO / "benchmarks" / "tofu_quality.sh"
+    env = {"PATH": "/usr/bin:/bin", "HOST": str(tmp_path), "WORK": str(tmp_path / "work")}
+    proc = subprocess.run(["bash", str(script), "retain_seed"], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "retain_seed: needs SEED=N > 0, got SEED=0" in proc.stderr
+    assert not (tmp_path / "work" / "models" / "retain_seed0").exists()
+
+
+def test_falcon_training_diagnostics_come_from_the_host_runs_log(tmp_path: Path) -> None:
+    """The falcon/* entries the trainer logs each step (in the host run's log, between tqdm bars) become
+    the run's mean gradient cosine and projection share and its first / last losses; a run without them
+    (a baseline) gets none."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    _summary(work / "evals" / "target", 1e-5, 0.60)
+    _summary(work / "evals" / "retain", 1.0, 0.59)
+    _run(work, "FALCON_lr3e-4", 0.40, 0.58)
+    _run(work, "NPO_lr1e-4", 0.30, 0.58)
+    steps = [(1.6, 0.0, 0.1, 0.5), (1.2, 0.02, -0.5, 1.0), (0.5, 0.03, -0.2, 0.75)]
+    lines = [
+        f" 2%|▏ | {i}/3 [00:01<00:03] {{'loss': {fl + rl}, 'falcon/forget_loss': {fl}, "
+        f"'falcon/retain_loss': {rl}, 'falcon/grad_cosine': {c}, 'falcon/projection_rate': {p}}}"
+        for i, (fl, rl, c, p) in enumerate(steps, 1)
+    ]
+    (work / "logs").mkdir()
+    (work / "logs" / "ul_FALCON_lr3e-4.log").write_text(
+        "\n".join(["loading", *lines, "{'train_runtime': 9}"])
+    )
+    (work / "logs" / "ul_NPO_lr1e-4.log").write_text("{'loss': 0.7, 'epoch': 1.0}\n")
+    _report(work, out)
+    runs = {r["run"]: r for r in json.loads((out / "tofu_leaderboard.json").read_text())["runs"]}
+    falcon = runs["FALCON_lr3e-4"]
+    assert falcon["steps"] == 3 and abs(falcon["grad_cosine_mean"] - (-0.2)) < 1e-12
+    assert abs(falcon["projection_rate_mean"] - 0.75) < 1e-12
+    assert (falcon["forget_loss_first"], falcon["forget_loss_last"], falcon["retain_loss_last"]) == (
+        1.6,
+        0.5,
+        0.03,
+    )
+    assert "grad_cosine_mean" not in runs["NPO_lr1e-4"]
+    section = (out / "tofu_leaderboard.md").read_text().split("## FALCON's training diagnostics")[1]
+    assert "| FALCON_lr3e-4 | 3 | -0.200 | 0.750 | 1.600 | 0.500 | 0.030 |" in section
+    assert "NPO_lr1e-4" not in section.split("## ")[0]

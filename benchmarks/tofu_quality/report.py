@@ -1,6 +1,6 @@
-"""Leaderboard for benchmarks/tofu_quality.sh: reads $WORK/evals/{target,retain}/TOFU_SUMMARY.json,
-$WORK/unlearn/<METHOD>_lr<LR>[_seed<N>]/{TOFU_SUMMARY.json,seconds}, the relearning attack's
-$WORK/attacks/<run>/attacks.json (``falcon-unlearn attack``, docs/attacks.md) and writes,
+"""Leaderboard for benchmarks/tofu_quality.sh: reads $WORK/evals/{target,retain,retain_seed<N>}/
+TOFU_SUMMARY.json, $WORK/unlearn/<METHOD>_lr<LR>[_seed<N>]/{TOFU_SUMMARY.json,seconds}, the relearning
+attack's $WORK/attacks/<run>/attacks.json (``falcon-unlearn attack``, docs/attacks.md) and writes,
 atomically, into OUT: tofu_leaderboard.md / .csv / .json and tofu_pareto.png.
 
 Selection (per method, over its lr sweep): TOFU's protocol compares methods by forget_quality (KS-test
@@ -9,7 +9,9 @@ We keep the runs with model_utility >= 0.95 x target's and take the highest forg
 of a method keeps that utility, its highest-forget_quality run is shown and flagged. Selection and the
 Pareto front use the grid's runs (the host's seed 0); runs repeated with other seeds (``_seed<N>``, the
 script's SEED) are listed and summarised per (method, lr) in a seeds section: how far one run's
-forget_quality can be trusted.
+forget_quality can be trusted. Retain models fine-tuned again with another seed (``retain_seed<N>``, the
+script's retain_seed stage) never saw the forget set: their forget_quality against the reference retain
+model is what a perfect unlearner scores in this protocol.
 Usage: report.py WORK OUT
 """
 
@@ -75,6 +77,34 @@ def truth_ratio_shape(ratios, reference):
     }
 
 
+TRAIN_LOG = re.compile(r"'falcon/(forget_loss|retain_loss|grad_cosine|projection_rate)': ([-+0-9.eE]+)")
+
+
+def falcon_diagnostics(log_path):
+    """FALCON's per-step training logs (the trainer's ``falcon/*`` entries, in the host run's log
+    ``$WORK/logs/ul_<run>.log``): mean cos(g_F, g_R) and share of projected tensors (the projection of
+    Eq. 3 acts when the cosine is negative), forget (InfoNCE) and retain (1 - cos) loss at the first and
+    last step. Empty for other methods or a missing log."""
+    try:
+        with open(log_path, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    series = {}
+    for key, value in TRAIN_LOG.findall(text):
+        series.setdefault(key, []).append(float(value))
+    if not series.get("grad_cosine") or not series.get("forget_loss") or not series.get("retain_loss"):
+        return {}
+    return {
+        "steps": len(series["forget_loss"]),
+        "grad_cosine_mean": statistics.fmean(series["grad_cosine"]),
+        "projection_rate_mean": statistics.fmean(series.get("projection_rate") or [0.0]),
+        "forget_loss_first": series["forget_loss"][0],
+        "forget_loss_last": series["forget_loss"][-1],
+        "retain_loss_last": series["retain_loss"][-1],
+    }
+
+
 def load_attack(run):
     """The relearning attack's result of one run (``falcon-unlearn attack``), or None."""
     path = os.path.join(work, "attacks", run, "attacks.json")
@@ -88,7 +118,13 @@ def load_attack(run):
 
 
 protocol = None
-refs = {k: load(os.path.join(work, "evals", k, "TOFU_SUMMARY.json")) for k in ("target", "retain")}
+RETAIN_SEED = re.compile(r"retain_seed(\d+)")
+evals_dir = os.path.join(work, "evals")
+retain_seeds = sorted(
+    (n for n in (os.listdir(evals_dir) if os.path.isdir(evals_dir) else []) if RETAIN_SEED.fullmatch(n)),
+    key=lambda n: int(RETAIN_SEED.fullmatch(n)[1]),
+)
+refs = {k: load(os.path.join(evals_dir, k, "TOFU_SUMMARY.json")) for k in ("target", "retain", *retain_seeds)}
 ref_ratios = {k: forget_truth_ratios(os.path.join(work, "evals", k, "TOFU_EVAL.json")) for k in refs}
 probes = {k: load(os.path.join(work, "evals", f"probe_{k}.json")) for k in ("base", "target")}
 runs = []
@@ -122,6 +158,7 @@ for d in sorted(glob.glob(os.path.join(udir, "*"))):
     }
     r["seconds"] = load(os.path.join(d, "seconds"))
     r.update(truth_ratio_shape(forget_truth_ratios(os.path.join(d, "TOFU_EVAL.json")), ref_ratios["retain"]))
+    r.update(falcon_diagnostics(os.path.join(work, "logs", f"ul_{name}.log")))
     attack = load_attack(name)
     if attack:
         c = leaderboard_columns(attack)
@@ -197,6 +234,16 @@ md += [
     "",
     table(["model", *KEYS], [[k, *(f(s.get(x)) for x in KEYS)] for k, s in refs.items() if s]),
 ]
+ceiling = [
+    (k, refs[k]["forget_quality"]) for k in retain_seeds if (refs[k] or {}).get("forget_quality") is not None
+]
+if ceiling:
+    md.append(
+        "\nRetain models fine-tuned again with another seed (the same data and recipe; they never saw the "
+        "forget set) score forget_quality "
+        + ", ".join(f"{f(fq)} ({k})" for k, fq in ceiling)
+        + " against the reference retain model: what a perfect unlearner scores in this protocol."
+    )
 control = load_attack("reference-retain")
 control_cols = leaderboard_columns(control) if control else {}
 if control:
@@ -277,10 +324,37 @@ if seeded:
         "",
         "The same run with other seeds (the host's `trainer.args.seed`: data order, the retain item drawn "
         "for each forget item and FALCON's POV vector and Step-1 samples); the board above uses seed 0. "
-        "forget_quality is one KS p-value over 40 questions, uniform on [0, 1] when a run matches the "
-        "retain model, so one seed ranks runs only roughly.",
+        "forget_quality is one KS p-value over 40 questions, so one seed ranks runs only roughly (the "
+        "reference rows' retain_seed<N> show what a model that never saw the forget set scores).",
         "",
         table(list(seeded[0]), [[f(v) for v in row.values()] for row in seeded]),
+    ]
+DIAG_COLS = [
+    "steps",
+    "grad_cosine_mean",
+    "projection_rate_mean",
+    "forget_loss_first",
+    "forget_loss_last",
+    "retain_loss_last",
+]
+diagnosed = [r for r in runs if "grad_cosine_mean" in r]
+if diagnosed:
+    md += [
+        "",
+        "## FALCON's training diagnostics",
+        "",
+        "From each FALCON run's per-step logs (`falcon/*` in `logs/ul_<run>.log`): the mean cosine between "
+        "the forget and retain gradients, the mean share of trainable tensors whose forget gradient was "
+        "projected (cosine < 0), the forget (InfoNCE) loss at the first and last step and the retain "
+        "(1 - cos) loss at the last.",
+        "",
+        table(
+            ["run", *DIAG_COLS, "forget_quality", "mu_ratio"],
+            [
+                [r["run"], *(f(r[c]) for c in DIAG_COLS), f(r["forget_quality"]), f(r["mu_ratio"])]
+                for r in sorted(diagnosed, key=lambda r: (r["method"], r["lr"], r["seed"]))
+            ],
+        ),
     ]
 TR_COLS = ["tr_q10", "tr_median", "tr_q90", "tr_above_1", "ks_D"]
 shaped = [r for r in runs if "ks_D" in r]
@@ -393,6 +467,11 @@ for k, mk in (("target", "s"), ("retain", "*")):
         )
     elif s and k == "retain":
         ax.axvline(s["model_utility"], color="grey", lw=0.6, ls=":", label="retain model utility")
+for i, (k, fq) in enumerate(ceiling):
+    mu = refs[k].get("model_utility")
+    if mu is not None:
+        y = math.log10(max(fq, 1e-30))
+        ax.scatter(mu, y, marker="*", color="grey", s=60, label="retain, other seeds" if i == 0 else None)
 if not full:
     ax.text(
         0.5,

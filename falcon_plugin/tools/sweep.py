@@ -148,6 +148,17 @@ def falcon_learning_rate(benchmark: str) -> float:
     return float(budget["learning_rate"])
 
 
+def falcon_benchmark_overrides(benchmark: str) -> list[str]:
+    """The override that gives a FALCON run of the host's experiment FALCON's own method_args on a benchmark:
+    ``trainer/FALCON.yaml``'s ``<benchmark>_method_args`` (TOFU: the MLP down-projections) through
+    ``benchmark_method_args``, as ``experiment=unlearn/<benchmark>/falcon`` does; none where it has none."""
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "trainer" / "FALCON.yaml").read_text())
+    key = f"{benchmark}_method_args"
+    return [f"++trainer.benchmark_method_args=${{trainer.{key}}}"] if shipped.get(key) else []
+
+
 def eval_overrides(extra: Sequence[str]) -> list[str]:
     """The extra overrides src/eval.py also receives (see :data:`EVAL_PREFIXES`), in their order."""
     out = []
@@ -235,7 +246,8 @@ def plan_sweep(
     if list(lrs) == [None] and any(m.startswith("FALCON") for m in methods):
         logger.warning(
             "sweep: FALCON runs at the experiment's learning rate (TOFU/MUSE: 1e-5), which barely moves "
-            "its few trainable tensors; its own default on %s is %g (trainer/FALCON.yaml): pass --lrs",
+            "its few trainable tensors; its own default on %s is %g (trainer/FALCON.yaml, with its "
+            "method_args there for that benchmark): pass --lrs",
             benchmark,
             falcon_learning_rate(benchmark),
         )
@@ -286,6 +298,8 @@ def plan_sweep(
                 train.append(f"trainer.args.learning_rate={lr:g}")
             if not capped:  # trainer/FALCON*.yaml's max_steps would give FALCON another budget
                 train.append(UNCAPPED)
+            if method.startswith("FALCON"):
+                train += falcon_benchmark_overrides(benchmark)
             train += list(extra)
             commands = [train]
             if run_eval:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from falcon_plugin.atomic import atomic_write_json
 from falcon_plugin.tools.common.benchmarks import HOST_BENCHMARKS
@@ -138,12 +139,17 @@ reaches src/train.py only (src/eval.py evaluates the unlearned model)."""
 _MODEL_PATH_KEY = "model.model_args.pretrained_model_name_or_path"
 
 
+def _shipped_falcon() -> dict[str, Any]:
+    """``trainer/FALCON.yaml`` as shipped (unresolved)."""
+    import yaml
+
+    return yaml.safe_load((Path(__file__).parents[1] / "configs" / "trainer" / "FALCON.yaml").read_text())
+
+
 def falcon_learning_rate(benchmark: str) -> float:
     """FALCON's own learning rate on a benchmark: ``trainer/FALCON.yaml``'s ``<benchmark>_budget`` (TOFU),
     else its ``budget`` (what ``experiment=unlearn/<benchmark>/falcon`` gives FALCON)."""
-    import yaml
-
-    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "trainer" / "FALCON.yaml").read_text())
+    shipped = _shipped_falcon()
     budget = {**shipped["budget"], **(shipped.get(f"{benchmark}_budget") or {})}
     return float(budget["learning_rate"])
 
@@ -152,11 +158,8 @@ def falcon_benchmark_overrides(benchmark: str) -> list[str]:
     """The override that gives a FALCON run of the host's experiment FALCON's own method_args on a benchmark:
     ``trainer/FALCON.yaml``'s ``<benchmark>_method_args`` (TOFU: the MLP down-projections) through
     ``benchmark_method_args``, as ``experiment=unlearn/<benchmark>/falcon`` does; none where it has none."""
-    import yaml
-
-    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "trainer" / "FALCON.yaml").read_text())
     key = f"{benchmark}_method_args"
-    return [f"++trainer.benchmark_method_args=${{trainer.{key}}}"] if shipped.get(key) else []
+    return [f"++trainer.benchmark_method_args=${{trainer.{key}}}"] if _shipped_falcon().get(key) else []
 
 
 def eval_overrides(extra: Sequence[str]) -> list[str]:
@@ -282,6 +285,7 @@ def plan_sweep(
     if retain_logs:
         common.append(f"retain_logs_path={retain_logs}")
         eval_common.append(f"retain_logs_path={retain_logs}")
+    falcon_overrides = falcon_benchmark_overrides(benchmark)
     for method in methods:
         for lr in lrs:
             task = _slug(f"{benchmark}_{model}_{split}_{method}" + (f"_lr{lr:g}" if lr is not None else ""))
@@ -299,7 +303,7 @@ def plan_sweep(
             if not capped:  # trainer/FALCON*.yaml's max_steps would give FALCON another budget
                 train.append(UNCAPPED)
             if method.startswith("FALCON"):
-                train += falcon_benchmark_overrides(benchmark)
+                train += falcon_overrides
             train += list(extra)
             commands = [train]
             if run_eval:

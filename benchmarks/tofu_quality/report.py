@@ -125,8 +125,8 @@ retain_seeds = sorted(
     key=lambda n: int(RETAIN_SEED.fullmatch(n)[1]),
 )
 refs = {k: load(os.path.join(evals_dir, k, "TOFU_SUMMARY.json")) for k in ("target", "retain", *retain_seeds)}
-ref_ratios = {k: forget_truth_ratios(os.path.join(work, "evals", k, "TOFU_EVAL.json")) for k in refs}
-probes = {k: load(os.path.join(work, "evals", f"probe_{k}.json")) for k in ("base", "target")}
+ref_ratios = {k: forget_truth_ratios(os.path.join(evals_dir, k, "TOFU_EVAL.json")) for k in refs}
+probes = {k: load(os.path.join(evals_dir, f"probe_{k}.json")) for k in ("base", "target")}
 runs = []
 udir = os.path.join(work, "unlearn")
 

@@ -345,3 +345,44 @@ def test_a_local_model_folder_names_the_model(tmp_path: Path) -> None:
     config.write_text(text)
     (row,) = [r for r in collect([tmp_path]) if r.benchmark == "TOFU" and r.role == "unlearn"]
     assert row.model == "smollm2-tofu-target"
+
+
+def test_a_task_name_in_two_run_folders_is_told_apart(tmp_path: Path) -> None:
+    """One host ``task_name`` run twice into two folders (a rerun under a changed config): the table
+    gains a ``run`` column naming each folder, and the plot labels the two points by it."""
+    from falcon_plugin.tools.common.benchmarks import BENCHMARKS
+    from falcon_plugin.tools.leaderboard import scatter_figure
+
+    for folder, quality in (("first", 0.5), ("second", 0.9)):
+        run = tmp_path / folder / "saves" / "unlearn" / FALCON_TASK
+        shutil.copytree(SAVES / "unlearn" / FALCON_TASK, run)
+        summary = run / "evals" / "TOFU_SUMMARY.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "forget_quality": quality}))
+    groups, text = build([tmp_path], tmp_path / "board")
+    header = (tmp_path / "board" / "tofu.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["method", "model", "split", "task", "run", "forget_quality"]
+    lines = [line for line in text.splitlines() if line.startswith("| FALCON |")]
+    assert len(lines) == 2 and all(f"| {FALCON_TASK} |" in line for line in lines)
+    runs = {f"{folder}/saves/unlearn/{FALCON_TASK}" for folder in ("first", "second")}
+    assert {line.split(" | ")[4] for line in lines} == runs
+    by_quality = {r.metrics["forget_quality"]: r for r in groups["TOFU"]}
+    assert by_quality[0.5].run_dir.startswith(str((tmp_path / "first").resolve()))
+    fig = scatter_figure(groups["TOFU"], BENCHMARKS["TOFU"])
+    labels = {t.get_text() for t in fig.axes[0].texts}
+    assert {f"FALCON ({run})" for run in runs} <= labels
+
+
+def test_run_names_are_the_shortest_distinct_suffixes() -> None:
+    from falcon_plugin.tools.leaderboard.read import Row
+    from falcon_plugin.tools.leaderboard.table import run_names
+
+    def row(run_dir: str, source: str = "") -> Row:
+        source = source or f"{run_dir}/evals/TOFU_SUMMARY.json"
+        return Row("TOFU", "FALCON", "unlearn", "m", "forget01", "t", source, run_dir=run_dir)
+
+    assert run_names([row("/a/x/run1"), row("/a/x/run2")]) == ["run1", "run2"]
+    assert run_names([row("/a/x/run"), row("/b/x/run"), row("/a/x/run")]) == ["a/x/run", "b/x/run", "a/x/run"]
+    assert run_names([row("", "/r/demo_a/results.json"), row("", "/r/demo_b/results.json")]) == [
+        "demo_a",
+        "demo_b",
+    ]

@@ -21,6 +21,7 @@ from falcon_plugin.tools.common.benchmarks import Axis, Benchmark
 
 from .labels import LEADER_GAP, Segment, place_labels
 from .read import Row
+from .table import run_names
 
 DPI = 110
 FONT = 8
@@ -44,14 +45,17 @@ def _lr_text(lr: float) -> str:
 def point_labels(rows: Sequence[Row]) -> list[str]:
     """One label per row, distinct: the method, plus what tells two runs of one method apart.
 
-    The first of learning rate, split, model, task name whose values differ within the method's
-    runs is added (``NPO (lr 2e-5)``); a run alone under its name keeps the bare name.
+    The first of learning rate, split, model, task name, run folder (:func:`.table.run_names`, the
+    table's ``run`` column) whose values differ within the method's runs is added (``NPO (lr 2e-5)``);
+    a run alone under its name keeps the bare name.
     """
-    keys: list[Callable[[Row], Any]] = [
-        lambda r: None if r.learning_rate is None else f"lr {_lr_text(r.learning_rate)}",
-        lambda r: r.split or None,
-        lambda r: r.model or None,
-        lambda r: r.task or None,
+    runs = run_names(rows)
+    keys: list[Callable[[int], Any]] = [
+        lambda i: None if rows[i].learning_rate is None else f"lr {_lr_text(rows[i].learning_rate)}",
+        lambda i: rows[i].split or None,
+        lambda i: rows[i].model or None,
+        lambda i: rows[i].task or None,
+        lambda i: runs[i],
     ]
     labels = [r.method for r in rows]
     groups: dict[str, list[int]] = {}
@@ -61,14 +65,14 @@ def point_labels(rows: Sequence[Row]) -> list[str]:
         if len(members) < 2:
             continue
         for key in keys:
-            values = [key(rows[i]) for i in members]
+            values = [key(i) for i in members]
             if None not in values and len(set(values)) == len(values):
                 for i, value in zip(members, values, strict=True):
                     labels[i] = f"{name} ({value})"
                 break
-        else:
+        else:  # the same run folder read twice (two summaries of one run): numbered
             for n, i in enumerate(members, 1):
-                labels[i] = f"{name} ({rows[i].task or n})" if n == 1 else f"{name} ({rows[i].task} #{n})"
+                labels[i] = f"{name} ({runs[i]} #{n})"
     return labels
 
 

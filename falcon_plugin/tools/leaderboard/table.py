@@ -8,7 +8,9 @@ split, on the benchmark's (utility, forgetting) axes.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from falcon_plugin.tools.common.benchmarks import BENCHMARKS, Benchmark
@@ -64,6 +66,25 @@ def tables(rows: Sequence[Row]) -> dict[str, list[Row]]:
     return out
 
 
+def run_names(rows: Sequence[Row]) -> list[str]:
+    """Each row's run folder, as few trailing path parts as tell the rows' folders apart (the folder's
+    name unless two runs share it); the source file's folder for a row without a run folder."""
+    paths = [Path(r.run_dir) if r.run_dir else Path(r.source).parent for r in rows]
+    depth = 1
+    while depth < max((len(p.parts) for p in paths), default=1):
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(set(paths)):
+            return names
+        depth += 1
+    return [str(p) for p in paths]
+
+
+def repeats_identity(rows: Sequence[Row]) -> bool:
+    """Whether two rows share method, model, split and task name (a run repeated into another folder
+    under the same host ``task_name``): the tables then add a ``run`` column to tell them apart."""
+    return any(n > 1 for n in Counter((r.method, r.model, r.split, r.task) for r in rows).values())
+
+
 def metric_columns(rows: Sequence[Row], bench: Benchmark, include_stderr: bool = False) -> list[str]:
     """The benchmark's preferred metrics that occur, then any other metric, alphabetically."""
     present = {k for r in rows for k in r.metrics}
@@ -81,18 +102,21 @@ def metric_columns(rows: Sequence[Row], bench: Benchmark, include_stderr: bool =
 def table_cells(
     rows: Sequence[Row], bench: Benchmark, include_stderr: bool = False
 ) -> tuple[list[str], list[list[Any]]]:
-    """(column names, cell rows) of one benchmark's table: identity columns, metrics, ``pareto``, then
-    the recovery attacks' ``<attack>/<metric>_<before|after>`` (all of them with ``include_stderr``,
-    the CSV; else the held-out part's)."""
+    """(column names, cell rows) of one benchmark's table: identity columns (``run`` too when two rows
+    share the others, :func:`repeats_identity`), metrics, ``pareto``, then the recovery attacks'
+    ``<attack>/<metric>_<before|after>`` (all of them with ``include_stderr``, the CSV; else the
+    held-out part's)."""
     metrics = metric_columns(rows, bench, include_stderr)
     attacks = attack_columns(rows, full=include_stderr)
-    columns = ["method", "model", "split", "task", *metrics]
+    runs = run_names(rows) if repeats_identity(rows) else None
+    columns = ["method", "model", "split", "task", *(["run"] if runs else []), *metrics]
     if bench.utility is not None:
         columns.append("pareto")
     columns += attacks
     body = []
-    for r in rows:
-        line: list[Any] = [r.method, r.model, r.split, r.task, *(r.metrics.get(m) for m in metrics)]
+    for i, r in enumerate(rows):
+        identity = [r.method, r.model, r.split, r.task, *([runs[i]] if runs else [])]
+        line: list[Any] = [*identity, *(r.metrics.get(m) for m in metrics)]
         if bench.utility is not None:
             line.append("yes" if r.pareto else "")
         line += [r.attacks.get(c) for c in attacks]

@@ -217,14 +217,19 @@ stage_unlearn() {  # PAR runs at a time (default 1)
   done; done
   wait
 }
-stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlearn/tofu/falcon, no budget overrides
-  # (trainer/FALCON.yaml's tofu_budget over its budget: lr, epochs, batch 4, constant; method_args as shipped);
-  # the run is named after the shipped lr, so a change of the default is a new run
+shipped_run() {  # the name of unlearn_defaults' run: after FALCON.yaml's tofu_budget lr (the shipped TOFU rate)
   local lr
   lr=$($PY -c "import yaml, falcon_plugin, pathlib
 p = pathlib.Path(falcon_plugin.__file__).parent / 'configs/trainer/FALCON.yaml'
-print(yaml.safe_load(p.read_text())['tofu_budget']['learning_rate'])") || { log "cannot read FALCON.yaml's tofu_budget"; return 1; }
-  host_unlearn "FALCON-defaults_lr$lr$SEED_SUFFIX" unlearn/tofu/falcon
+print(yaml.safe_load(p.read_text())['tofu_budget']['learning_rate'])") || { log "cannot read FALCON.yaml's tofu_budget" >&2; return 1; }
+  echo "FALCON-defaults_lr$lr"
+}
+stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlearn/tofu/falcon, no budget overrides
+  # (trainer/FALCON.yaml's tofu_budget over its budget: lr, epochs, batch 4, constant; method_args as shipped);
+  # the run is named after the shipped lr, so a change of the default is a new run
+  local name
+  name=$(shipped_run) || return 1
+  host_unlearn "$name$SEED_SUFFIX" unlearn/tofu/falcon
 }
 relearn_attack() {  # $1 = model folder, $2 = name: `falcon-unlearn attack --attacks relearn` into attacks/$2
   if [ -f "$WORK/attacks/$2/attacks.json" ]; then log "relearn $2: exists"; return; fi
@@ -260,7 +265,7 @@ stage_report() {  # the protocol's table (report.py), the product's leaderboard,
   [ -d "$WORK/attacks" ] && dirs+=("$WORK/attacks")
   $PY -m falcon_plugin.tools.cli leaderboard "${dirs[@]}" --out "$OUTDOCS/tofu_board" -q \
     || log "report: falcon-unlearn leaderboard failed"
-  for run in $(ls "$WORK/unlearn" 2>/dev/null | grep -E '^FALCON-defaults_lr[^.]*$' || true) \
+  for run in $(shipped_run || true) $(ls "$WORK/unlearn" 2>/dev/null | grep -E '^FALCON-defaults_lr[^.]*$' || true) \
     $(ls "$WORK/unlearn" 2>/dev/null | grep -E '^FALCON_lr[^.]*$' || true); do
     if [ -f "$WORK/unlearn/$run/mi_report.json" ]; then
       cp "$WORK/unlearn/$run/mi_report.json" "$OUTDOCS/tofu_falcon_mi_report.json"

@@ -246,3 +246,26 @@ def test_falcon_training_diagnostics_come_from_the_host_runs_log(tmp_path: Path)
     section = (out / "tofu_leaderboard.md").read_text().split("## FALCON's training diagnostics")[1]
     assert "| FALCON_lr3e-4 | 3 | -0.200 | 0.750 | 1.600 | 0.500 | 0.030 |" in section
     assert "NPO_lr1e-4" not in section.split("## ")[0]
+
+
+def test_report_stage_takes_step1_from_the_shipped_run(tmp_path: Path) -> None:
+    """The report stage copies FALCON's Step-1 report from the run named after FALCON.yaml's TOFU lr (what
+    unlearn_defaults runs today), not from an older shipped setting's run that sorts before it."""
+    import yaml
+
+    falcon_yaml = REPO / "falcon_plugin" / "configs" / "trainer" / "FALCON.yaml"
+    shipped = f"FALCON-defaults_lr{yaml.safe_load(falcon_yaml.read_text())['tofu_budget']['learning_rate']}"
+    work, out = tmp_path / "work", tmp_path / "out"
+    _summary(work / "evals" / "target", 1e-5, 0.60)
+    _summary(work / "evals" / "retain", 1.0, 0.59)
+    for name, layer in (("FALCON-defaults_lr1e-9", 3), (shipped, 29)):  # sorts first
+        _run(work, name, 0.4, 0.58)
+        (work / "unlearn" / name / "mi_report.json").write_text(json.dumps({"chosen_layer": layer}))
+    env = {"PATH": "/usr/bin:/bin", "HOST": str(tmp_path), "WORK": str(work), "OUTDOCS": str(out)}
+    script = REPO / "benchmarks" / "tofu_quality.sh"
+    proc = subprocess.run(
+        ["bash", str(script), "report"], capture_output=True, text=True, env={**env, "PY": sys.executable}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "tofu_falcon_mi_report.json").read_text()) == {"chosen_layer": 29}
+    assert f"Step-1 report from {shipped}" in proc.stdout + proc.stderr

@@ -63,7 +63,7 @@ def test_short_form_turns_train_yaml_into_a_falcon_unlearning_run() -> None:
     assert {k: args[k] for k in budget} == {
         k: _number(v) for k, v in budget.items()
     }  # FALCON's, not the host's 1e-5 and 10 epochs
-    assert (args["learning_rate"], args["num_train_epochs"], args["max_steps"]) == (1e-3, 5, -1)
+    assert (args["learning_rate"], args["num_train_epochs"], args["max_steps"]) == (9e-4, 5, -1)
     assert set(cfg["data"]) == {"forget", "retain", "anchor"}
     assert "TOFU_QA_forget" in cfg["data"]["forget"]
     assert cfg["trainer"]["method_args"] == shipped_method_args("tofu")  # TOFU's tensors over the defaults

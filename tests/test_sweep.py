@@ -475,8 +475,8 @@ def test_every_method_trains_for_the_experiments_epochs(host: Path, caplog: pyte
     with caplog.at_level("WARNING"):
         plans = plan_runs(host, "tofu", ["FALCON", "RMU"], [None], python="python")
     assert all("++trainer.args.max_steps=-1" in p.commands[0] for p in plans)
-    assert "pass --lrs" in caplog.text and "its own default on tofu is 0.001" in caplog.text
-    assert (falcon_learning_rate("tofu"), falcon_learning_rate("muse")) == (1e-3, 1e-3)  # tofu_budget, budget
+    assert "pass --lrs" in caplog.text and "its own default on tofu is 0.0009" in caplog.text
+    assert (falcon_learning_rate("tofu"), falcon_learning_rate("muse")) == (9e-4, 1e-3)  # tofu_budget, budget
     falcon, rmu = (p.commands[0] for p in plans)  # FALCON gets its TOFU method_args, as its experiment does
     assert "++trainer.benchmark_method_args=${trainer.tofu_method_args}" in falcon
     assert not any("benchmark_method_args" in a for a in rmu)

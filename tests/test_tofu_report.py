@@ -252,9 +252,10 @@ def test_report_stage_takes_step1_from_the_shipped_run(tmp_path: Path) -> None:
     """The report stage copies FALCON's Step-1 report from the run named after FALCON.yaml's TOFU lr (what
     unlearn_defaults runs today), not from an older shipped setting's run that sorts before it."""
     import yaml
+    from conftest import PACKAGED_TRAINERS
 
-    falcon_yaml = REPO / "falcon_plugin" / "configs" / "trainer" / "FALCON.yaml"
-    shipped = f"FALCON-defaults_lr{yaml.safe_load(falcon_yaml.read_text())['tofu_budget']['learning_rate']}"
+    falcon = yaml.safe_load((PACKAGED_TRAINERS / "FALCON.yaml").read_text())
+    shipped = f"FALCON-defaults_lr{falcon['tofu_budget']['learning_rate']}"
     work, out = tmp_path / "work", tmp_path / "out"
     _summary(work / "evals" / "target", 1e-5, 0.60)
     _summary(work / "evals" / "retain", 1.0, 0.59)

@@ -6,14 +6,17 @@
 #   PY=/path/to/hostvenv/bin/python CONVERT_PY=/path/to/venv-with-transformers>=4.57/bin/python \
 #   benchmarks/tofu_quality.sh [STAGE ...]
 #
-# STAGES (default: all, in order): data export finetune eval_refs unlearn unlearn_defaults relearn relearn_refs
-#   report
+# STAGES (default: all, in order): restore data export finetune eval_refs unlearn unlearn_defaults relearn
+#   relearn_refs archive report
 #   finetune = finetune_target finetune_retain; eval_refs = eval_retain eval_target probes;
 #   finish_unlearn = evaluate (src/eval.py) unlearned models whose in-training eval did not finish;
 #   unlearn_defaults = FALCON through experiment=unlearn/tofu/falcon with its shipped budget (README);
 #   relearn_refs = the relearning attack on the retain model (the control of `relearn`);
 #   retain_seed (SEED=N > 0, not in the default list) = a second retain model, fine-tuned like the first with
-#   the host's seed N, evaluated against the first: the forget_quality a perfect unlearner scores here.
+#   the host's seed N, evaluated against the first: the forget_quality a perfect unlearner scores here;
+#   archive / restore = the results without the models (archive.py) into / from ARCHIVE (default
+#   docs/results/archive, committed): on a fresh machine `restore` brings every earlier run's numbers back, so
+#   `report` covers them, and the stages above redo only what has no result (the models: data export finetune).
 # Env: SCALE=full|micro|smoke, PAR (parallel unlearning runs), RELEARN_RUNS, LRS_<METHOD>, EXTRA_<METHOD>,
 #   RUN_TAG, SEED
 # Every stage skips work whose output already exists (delete the output to redo it); outputs are
@@ -29,6 +32,7 @@ SHARED=${SHARED:-/work/shared}
 PY=${PY:-python}
 CONVERT_PY=${CONVERT_PY:-$PY}
 OUTDOCS=${OUTDOCS:-$REPO/docs/results}
+ARCHIVE=${ARCHIVE:-$REPO/docs/results/archive}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true
 NICE="nice -n 10"
@@ -251,6 +255,9 @@ stage_relearn() {  # `falcon-unlearn attack --attacks relearn` (docs/attacks.md)
     d=${d%/}; [ -f "$d/DONE" ] || continue
     name=$(basename "$d")
     if [ -n "${RELEARN_RUNS:-}" ] && [[ " $RELEARN_RUNS " != *" $name "* ]]; then continue; fi
+    if [ ! -f "$d/model.safetensors" ] && [ ! -f "$WORK/attacks/$name/attacks.json" ]; then
+      log "relearn $name: no model (restored from the archive: run its unlearning again to attack it)"; continue
+    fi
     relearn_attack "$d" "$name"
   done
 }
@@ -275,10 +282,30 @@ stage_report() {  # the protocol's table (report.py), the product's leaderboard,
   done
 }
 
+protocol_key() {  # what makes two caches' results comparable: the data subset, the recipes, the generation
+  echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN $FT_EPOCHS $FT_LR $FT_BS $UL_EPOCHS $UL_BS $MAX_NEW"
+}
+stage_archive() {  # the results, not the models; an archive holds one protocol's (its protocol.key)
+  local key; key=$(protocol_key)
+  if [ -f "$ARCHIVE/protocol.key" ] && [ "$(cat "$ARCHIVE/protocol.key")" != "$key" ]; then
+    log "archive: $ARCHIVE holds another protocol's results ('$(cat "$ARCHIVE/protocol.key")', this one: '$key'); set ARCHIVE" >&2
+    return 1
+  fi
+  $PY "$HERE/archive.py" archive "$WORK" "$ARCHIVE" && echo "$key" > "$ARCHIVE/protocol.key"
+}
+stage_restore() {  # only an archive of this protocol (a SCALE=micro cache never gets full-scale results)
+  [ -d "$ARCHIVE" ] || return 0
+  if [ "$(cat "$ARCHIVE/protocol.key" 2>/dev/null)" != "$(protocol_key)" ]; then
+    log "restore: $ARCHIVE holds another protocol's results ('$(cat "$ARCHIVE/protocol.key" 2>/dev/null)', this one: '$(protocol_key)'); skipped"
+    return 0
+  fi
+  $PY "$HERE/archive.py" restore "$ARCHIVE" "$WORK"
+}
+
 mkdir -p "$WORK/logs" "$WORK/evals" "$M"
 # own datasets cache per data subset: offline, `datasets` would otherwise reuse a cached
 # locuslab/TOFU config of the same name built from other files (another subset, another checkout)
 export HF_DATASETS_CACHE=$WORK/hf_datasets_cache/$(echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN" | tr ' ' _)
-STAGES=${*:-"data export finetune eval_refs unlearn unlearn_defaults relearn relearn_refs report"}
+STAGES=${*:-"restore data export finetune eval_refs unlearn unlearn_defaults relearn relearn_refs archive report"}
 for s in $STAGES; do log "stage $s"; stage_$s; done
 log done

@@ -102,6 +102,8 @@ def test_protocol_script_parses_and_names_its_stages() -> None:
         "unlearn_defaults",
         "relearn",
         "relearn_refs",
+        "archive",
+        "restore",
         "report",
     ]
     assert all(f"stage_{s}() {{" in text for s in stages)
@@ -270,3 +272,77 @@ def test_report_stage_takes_step1_from_the_shipped_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "tofu_falcon_mi_report.json").read_text()) == {"chosen_layer": 29}
     assert f"Step-1 report from {shipped}" in proc.stdout + proc.stderr
+
+
+def test_archive_keeps_what_the_report_reads_and_restore_rebuilds_it_on_a_fresh_cache(tmp_path: Path) -> None:
+    """The archive stage keeps a run's results without its model (per-question values only for the forget
+    truth ratio, the training log's step lines only); the restore stage puts them into an empty cache, from
+    which the report is the same as from the original; restore never overwrites a file the cache has."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    _summary(work / "evals" / "target", 1e-5, 0.60)
+    _summary(work / "evals" / "retain", 1.0, 0.59)
+    _eval(work / "evals" / "retain", [0.5 + 0.02 * i for i in range(40)])
+    _run(work, "FALCON_lr3e-4", 0.40, 0.58)
+    run = work / "unlearn" / "FALCON_lr3e-4"
+    ratios = {str(i): {"score": 0.6 + 0.01 * i} for i in range(40)}
+    rouge = {str(i): {"rougeL_recall": 0.5, "generation": "x" * 500} for i in range(40)}
+    (run / "TOFU_EVAL.json").write_text(
+        json.dumps(
+            {
+                "forget_truth_ratio": {"agg_value": 0.7, "value_by_index": ratios},
+                "forget_Q_A_ROUGE": {"agg_value": 0.5, "value_by_index": rouge},
+            }
+        )
+    )
+    (run / "model.safetensors").write_bytes(b"\0" * 100_000)  # what the archive leaves out
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("trainer:\n  handler: FALCON\n")
+    (work / "logs").mkdir()
+    step = "{'loss': 1.7, 'falcon/forget_loss': 1.6, 'falcon/retain_loss': 0.1, 'falcon/grad_cosine': -0.4}"
+    (work / "logs" / "ul_FALCON_lr3e-4.log").write_text(f"loading weights\r 2%|| 1/3 {step}\nbar\n")
+    (work / "unlearn" / "NPO_lr1e-4.tmp").mkdir()  # unfinished: not archived
+    _attack(work, "FALCON_lr3e-4", 0.001, 0.7)
+    _report(work, out)
+
+    archive, script = tmp_path / "archive", REPO / "benchmarks" / "tofu_quality.sh"
+    env = {"PATH": "/usr/bin:/bin", "HOST": str(tmp_path), "PY": sys.executable, "ARCHIVE": str(archive)}
+
+    def stage(name: str, cache: Path, **extra: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            ["bash", str(script), name],
+            capture_output=True,
+            text=True,
+            env={**env, "WORK": str(cache), **extra},
+        )
+        assert proc.returncode == (1 if name == "archive" and extra else 0), proc.stderr
+        return proc
+
+    stage("archive", work)
+    kept = json.loads((archive / "unlearn" / "FALCON_lr3e-4" / "TOFU_EVAL.json").read_text())
+    assert kept["forget_truth_ratio"]["value_by_index"] == ratios
+    assert kept["forget_Q_A_ROUGE"] == {"agg_value": 0.5}
+    assert (archive / "logs" / "ul_FALCON_lr3e-4.log").read_text() == f"2%|| 1/3 {step}\n"
+    assert not (archive / "unlearn" / "FALCON_lr3e-4" / "model.safetensors").exists()
+    assert not any("NPO" in str(p) for p in archive.rglob("*"))
+    assert sum(p.stat().st_size for p in archive.rglob("*") if p.is_file()) < 20_000
+
+    fresh, out2 = tmp_path / "fresh", tmp_path / "out2"
+    (fresh / "evals" / "target").mkdir(parents=True)
+    (fresh / "evals" / "target" / "TOFU_SUMMARY.json").write_text(
+        '{"model_utility": 0.6}'
+    )  # this cache's own
+    stage("restore", fresh)
+    assert json.loads((fresh / "evals" / "target" / "TOFU_SUMMARY.json").read_text()) == {
+        "model_utility": 0.6
+    }
+    (fresh / "evals" / "target" / "TOFU_SUMMARY.json").write_bytes(
+        (work / "evals" / "target" / "TOFU_SUMMARY.json").read_bytes()
+    )
+    _report(fresh, out2)
+    assert (out2 / "tofu_leaderboard.csv").read_text() == (out / "tofu_leaderboard.csv").read_text()
+    # another protocol (SCALE=smoke: other sizes and recipes) neither restores nor archives this one's results
+    micro = tmp_path / "micro"
+    assert "another protocol" in stage("restore", micro, SCALE="smoke").stdout
+    assert not (micro / "unlearn").exists()
+    assert "another protocol" in stage("archive", micro, SCALE="smoke").stderr
+    assert (out2 / "tofu_leaderboard.json").read_text() == (out / "tofu_leaderboard.json").read_text()

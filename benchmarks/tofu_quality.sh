@@ -112,8 +112,9 @@ EVAL_O=(forget_split=forget01 holdout_split=holdout01 eval.tofu.batch_size=$EVAL
   eval.tofu.metrics.model_utility.pre_compute.ra_Q_A_ROUGE.$G
   eval.tofu.metrics.model_utility.pre_compute.wf_Q_A_ROUGE.$G)
 
+data_key() { echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN"; }  # the TOFU subset built
 stage_data() {
-  local key="$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN"
+  local key; key=$(data_key)
   if [ "$(cat "$WORK/data.key" 2>/dev/null)" = "$key" ] && [ -f "$HOST/locuslab/TOFU/README.md" ]; then log "data: exists"; return; fi
   $PY "$HERE/build_data.py" "$SHARED/data/tofu" "$HOST/locuslab/TOFU" $key
   echo "$key" > "$WORK/data.key"
@@ -283,7 +284,7 @@ stage_report() {  # the protocol's table (report.py), the product's leaderboard,
 }
 
 protocol_key() {  # what makes two caches' results comparable: the data subset, the recipes, the generation
-  echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN $FT_EPOCHS $FT_LR $FT_BS $UL_EPOCHS $UL_BS $MAX_NEW"
+  echo "$(data_key) $FT_EPOCHS $FT_LR $FT_BS $UL_EPOCHS $UL_BS $MAX_NEW"
 }
 stage_archive() {  # the results, not the models; an archive holds one protocol's (its protocol.key)
   local key; key=$(protocol_key)
@@ -305,7 +306,7 @@ stage_restore() {  # only an archive of this protocol (a SCALE=micro cache never
 mkdir -p "$WORK/logs" "$WORK/evals" "$M"
 # own datasets cache per data subset: offline, `datasets` would otherwise reuse a cached
 # locuslab/TOFU config of the same name built from other files (another subset, another checkout)
-export HF_DATASETS_CACHE=$WORK/hf_datasets_cache/$(echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN" | tr ' ' _)
+export HF_DATASETS_CACHE=$WORK/hf_datasets_cache/$(data_key | tr ' ' _)
 STAGES=${*:-"restore data export finetune eval_refs unlearn unlearn_defaults relearn relearn_refs archive report"}
 for s in $STAGES; do log "stage $s"; stage_$s; done
 log done

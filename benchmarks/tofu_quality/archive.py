@@ -24,10 +24,11 @@ written to a temporary name and renamed. Usage: archive.py archive|restore SRC D
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from falcon_plugin.atomic import atomic_write
 
 PER_QUESTION = frozenset({"forget_truth_ratio"})
 RUN_FILES = ("TOFU_SUMMARY.json", "TOFU_EVAL.json", "seconds", "DONE", "mi_report.json", "mi_report.png")
@@ -48,10 +49,7 @@ def trim_eval(data: dict) -> dict:
 
 
 def _write(dst: Path, data: bytes) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: tmp.write_bytes(data))
 
 
 def _archived_bytes(src: Path) -> bytes:

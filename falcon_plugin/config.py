@@ -245,6 +245,12 @@ class FalconConfig:
         choices=tuple(TRAINABLE_MODULES),
     )
     temperature: float = _option(0.7, "InfoNCE temperature τ (official code)")
+    forget_loss_floor: float | None = _option(
+        None,
+        "per-token floor of the InfoNCE forget loss: a token whose term is below it stops pushing, so "
+        "forgetting converges at a set depth instead of where the step budget ends; `null` = the paper's "
+        "loss (no floor)",
+    )
     steering_coeff: float = _option(
         20.0,
         "scale of the POV positive (official code; a cosine InfoNCE is scale-invariant, kept for parity)",
@@ -296,6 +302,10 @@ class FalconConfig:
             object.__setattr__(self, "trainable_params_regex", tuple(regex))
 
         _number("temperature", self.temperature, positive=True)
+        if self.forget_loss_floor is not None:
+            object.__setattr__(
+                self, "forget_loss_floor", _number("forget_loss_floor", self.forget_loss_floor, positive=True)
+            )
         _number("steering_coeff", self.steering_coeff, positive=True)
         _integer("pov_rank", self.pov_rank, 1)
         _number("pov_weight", self.pov_weight, non_negative=True)

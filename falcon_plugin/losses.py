@@ -23,18 +23,18 @@ def _select(tensor: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor
     return tensor[mask].float()
 
 
-def info_nce_forget_loss(
+def info_nce_token_losses(
     anchor: torch.Tensor,
     positive: torch.Tensor,
     negatives: torch.Tensor,
     mask: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """InfoNCE forget loss L_F of FALCON (paper Eq. 6), averaged over the masked tokens.
+    """The per-token terms of FALCON's InfoNCE forget loss (paper Eq. 6), shape (N,) for N masked tokens.
 
     For each selected token with updated activation a (the anchor), positive p and negatives n_j:
 
-        L_F = -log( exp(cos(a, p)/tau) / (exp(cos(a, p)/tau) + sum_j exp(cos(a, n_j)/tau)) )
+        l = -log( exp(cos(a, p)/tau) / (exp(cos(a, p)/tau) + sum_j exp(cos(a, n_j)/tau)) )
 
     Args:
         anchor: updated-model activations at layer l*, shape (B, T, D).
@@ -57,7 +57,34 @@ def info_nce_forget_loss(
     positive_logit = (a * p).sum(-1, keepdim=True)  # (N, 1)
     negative_logits = torch.einsum("nd,nmd->nm", a, n)  # (N, M)
     logits = torch.cat([positive_logit, negative_logits], dim=-1) / temperature
-    return (torch.logsumexp(logits, dim=-1) - logits[:, 0]).mean()
+    return torch.logsumexp(logits, dim=-1) - logits[:, 0]
+
+
+def floored_mean(token_losses: torch.Tensor, floor: float | None) -> torch.Tensor:
+    """mean_t max(l_t, floor): a token whose term is below ``floor`` adds ``floor`` and no gradient.
+
+    ``floor`` None is the plain mean (the paper's L_F). With a floor the forget loss has a minimum it
+    reaches (every token at or below the floor) instead of falling for as long as training runs: the
+    forgetting stops at a set depth of the contrastive objective rather than wherever the step
+    budget ends (docs/results/README.md).
+    """
+    if floor is None:
+        return token_losses.mean()
+    return token_losses.clamp_min(floor).mean()
+
+
+def info_nce_forget_loss(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negatives: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    floor: float | None = None,
+) -> torch.Tensor:
+    """InfoNCE forget loss L_F of FALCON (paper Eq. 6): the mean over the masked tokens of
+    :func:`info_nce_token_losses`, each term clamped from below at ``floor`` when one is given
+    (:func:`floored_mean`)."""
+    return floored_mean(info_nce_token_losses(anchor, positive, negatives, mask, temperature), floor)
 
 
 def cosine_retain_loss(updated: torch.Tensor, frozen: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ from .distributed import (
 )
 from .errors import NonFiniteLossError
 from .hf_compat import init_parameters, processing_class_of, trainer_init_kwargs
-from .losses import cosine_retain_loss, info_nce_forget_loss
+from .losses import cosine_retain_loss, floored_mean, info_nce_token_losses
 from .masks import token_mask
 from .projection import float32_sum, resolve_gradient_conflict
 from .replay import EpochToItems, replayable, trainer_rng_state_loading, warn_if_persistent_workers
@@ -193,7 +193,11 @@ class FalconMixin:
         with self.accelerator.autocast():
             updated_f, frozen_f, mask_f = self._layer_pass(base, layers, inputs["forget"])
         positive = cfg.steering_coeff * state.pov.to(updated_f.device)
-        forget_loss = info_nce_forget_loss(updated_f, positive, frozen_f, mask_f, cfg.temperature)
+        token_losses = info_nce_token_losses(updated_f, positive, frozen_f, mask_f, cfg.temperature)
+        forget_loss = floored_mean(token_losses, cfg.forget_loss_floor)
+        at_floor = None  # the share of forget tokens the floor has stopped
+        if cfg.forget_loss_floor is not None:
+            at_floor = (token_losses.detach() <= cfg.forget_loss_floor).float().mean()
         g_f = None if zero3 else gradient(forget_loss)
         with self.accelerator.autocast():
             updated_r, frozen_r, mask_r = self._layer_pass(base, layers, inputs["retain"])
@@ -205,7 +209,7 @@ class FalconMixin:
         )
 
         self._check_finite(forget_loss, retain_loss, combined.grads)
-        self._record(forget_loss, retain_loss, combined.cosines, combined.conflicts)
+        self._record(forget_loss, retain_loss, combined.cosines, combined.conflicts, at_floor)
         if zero3:
             surrogate, hooks = zero3_gradient_hooks(forget_loss + retain_loss, trainable, combined.grads)
             self._falcon_grad_hooks.extend(hooks)
@@ -259,13 +263,17 @@ class FalconMixin:
         retain_loss: torch.Tensor,
         cosines: torch.Tensor,
         conflicts: torch.Tensor,
+        at_floor: torch.Tensor | None = None,
     ) -> None:
-        for key, value in (
+        metrics = [
             ("falcon/forget_loss", forget_loss.detach().float()),
             ("falcon/retain_loss", retain_loss.detach().float()),
             ("falcon/grad_cosine", cosines.detach().float().mean()),
             ("falcon/projection_rate", conflicts.float().mean()),
-        ):
+        ]
+        if at_floor is not None:  # only with a forget_loss_floor
+            metrics.append(("falcon/forget_at_floor", at_floor))
+        for key, value in metrics:
             self._falcon_metrics.setdefault(key, []).append(value)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

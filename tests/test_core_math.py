@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from falcon_plugin.errors import EmptyMaskError
-from falcon_plugin.losses import cosine_retain_loss, info_nce_forget_loss
+from falcon_plugin.losses import cosine_retain_loss, floored_mean, info_nce_forget_loss, info_nce_token_losses
 from falcon_plugin.masks import token_mask
 from falcon_plugin.mi import (
     entropy,
@@ -70,6 +70,33 @@ def test_info_nce_multiple_negatives_and_known_values():
     assert info_nce_forget_loss(anchor, 20 * e[0], negatives, mask, 1.0).item() == pytest.approx(
         got.item(), abs=1e-6
     )
+
+
+def test_forget_loss_floor_stops_the_tokens_below_it():
+    terms = torch.tensor([0.2, 1.0, 2.0], requires_grad=True)
+    loss = floored_mean(terms, 0.5)
+    assert loss.item() == pytest.approx((0.5 + 1.0 + 2.0) / 3)
+    loss.backward()
+    assert terms.grad.tolist() == pytest.approx([0.0, 1 / 3, 1 / 3])  # the token under the floor: no push
+    assert floored_mean(terms, None).item() == pytest.approx(3.2 / 3)
+
+    torch.manual_seed(3)
+    anchor, negatives = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    positive, mask = torch.randn(8), torch.ones(2, 3, dtype=torch.bool)
+    tokens = info_nce_token_losses(anchor, positive, negatives, mask, 0.7)
+    assert tokens.shape == (6,) and bool((tokens > 0).all())
+    plain = info_nce_forget_loss(anchor, positive, negatives, mask, 0.7)
+    assert plain.item() == pytest.approx(tokens.mean().item(), abs=1e-6)
+    below_all = float(tokens.min()) / 2  # a floor under every term changes nothing
+    assert info_nce_forget_loss(anchor, positive, negatives, mask, 0.7, floor=below_all).item() == (
+        pytest.approx(plain.item(), abs=1e-6)
+    )
+    above_all = float(tokens.max()) + 1  # a floor over every term: the constant floor, no gradient
+    anchor.requires_grad_(True)
+    floored = info_nce_forget_loss(anchor, positive, negatives, mask, 0.7, floor=above_all)
+    assert floored.item() == pytest.approx(above_all)
+    (grad,) = torch.autograd.grad(floored, anchor)
+    assert bool((grad == 0).all())
 
 
 def test_losses_ignore_masked_tokens_and_run_in_float32():

@@ -68,6 +68,38 @@ def test_training_changes_only_the_trainable_tensors(tmp_path, tokenizer, forget
     assert logs[0]["falcon/layer"] == 3
 
 
+def test_forget_loss_floor_is_logged_and_a_floor_over_every_token_freezes_the_model(
+    tmp_path, tokenizer, forget_retain
+):
+    model = tiny_llama()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # the InfoNCE term of a token is below log(2) + 1/tau (two logits): a floor of 100 stops every token;
+    # the retain loss starts at its minimum (updated == frozen, a zero gradient up to rounding, which
+    # plain SGD keeps at rounding size where Adam would normalise it up), so nothing moves
+    sgd = make_args(tmp_path, optim="sgd")
+    trainer = make_trainer(
+        tmp_path, model, forget_retain, tokenizer, layer=3, forget_loss_floor=100.0, args=sgd
+    )
+    trainer.train()
+    assert all(torch.allclose(p, before[n], atol=1e-7) for n, p in model.named_parameters())
+    logs = [entry for entry in trainer.state.log_history if "falcon/forget_loss" in entry]
+    assert logs and all(e["falcon/forget_at_floor"] == 1.0 for e in logs)
+    assert all(e["falcon/forget_loss"] == pytest.approx(100.0) for e in logs)
+
+    low = make_trainer(tmp_path, tiny_llama(), forget_retain, tokenizer, layer=3, forget_loss_floor=1e-6)
+    low.train()  # a floor under every token trains exactly as the paper's loss
+    plain = make_trainer(tmp_path, tiny_llama(), forget_retain, tokenizer, layer=3)
+    plain.train()
+    low_logs = [e for e in low.state.log_history if "falcon/forget_loss" in e]
+    plain_logs = [e for e in plain.state.log_history if "falcon/forget_loss" in e]
+    # (two plain runs agree to ~1e-5 here, not bit for bit)
+    assert [e["falcon/forget_loss"] for e in low_logs] == pytest.approx(
+        [e["falcon/forget_loss"] for e in plain_logs], rel=1e-3
+    )
+    assert all(e["falcon/forget_at_floor"] == 0.0 for e in low_logs)
+    assert all("falcon/forget_at_floor" not in e for e in plain_logs)
+
+
 def _naive_step(model, reference, layer, batch, trainable_names, pov, cfg):
     """The official scheme: full forwards of the model and a deep-copied reference, hooks at l*."""
 

@@ -212,6 +212,18 @@ ROWS = [
         ("temperature", "nan"),
     ),
     Bad(
+        "forget-loss-floor-zero",
+        with_method_args(forget_loss_floor=0),
+        FalconConfigError,
+        ("forget_loss_floor", "0"),
+    ),
+    Bad(
+        "forget-loss-floor-string",
+        with_method_args(forget_loss_floor="low"),
+        FalconConfigError,
+        ("forget_loss_floor", "'low'"),
+    ),
+    Bad(
         "steering-coeff-zero", with_method_args(steering_coeff=0), FalconConfigError, ("steering_coeff", "0")
     ),
     Bad("pov-rank-zero", with_method_args(pov_rank=0), FalconConfigError, ("pov_rank", "0")),
@@ -266,7 +278,7 @@ ROWS = [
         "method-arg-unknown-standalone",
         with_method_args(temprature=0.7),
         FalconConfigError,
-        ("unknown argument(s) ['temprature']", "temperature, steering_coeff"),
+        ("unknown argument(s) ['temprature']", "temperature, forget_loss_floor"),
     ),
     Bad(
         "regex-invalid",

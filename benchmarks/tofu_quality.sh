@@ -18,7 +18,7 @@
 #   docs/results/archive, committed): on a fresh machine `restore` brings every earlier run's numbers back, so
 #   `report` covers them, and the stages above redo only what has no result (the models: data export finetune).
 # Env: SCALE=full|micro|smoke, PAR (parallel unlearning runs), RELEARN_RUNS, LRS_<METHOD>, EXTRA_<METHOD>,
-#   RUN_TAG, SEED
+#   RUN_TAG, SEED, EVAL_SCOPE
 # Every stage skips work whose output already exists (delete the output to redo it); outputs are
 # written to a temporary name and renamed. Nothing is installed: PY must already have the host's
 # requirements and falcon-unlearning (`trainer=FALCON` comes from our Hydra search-path plugin).
@@ -82,6 +82,16 @@ LRS_GradDiff=${LRS_GradDiff:-"1e-5 3e-5 1e-4"}
 SEED=${SEED:-0}
 case $SEED in *[!0-9]* | '') echo "SEED must be a non-negative integer, got '$SEED'" >&2; exit 2 ;; esac
 SEED_SUFFIX=; if [ "$SEED" -ne 0 ]; then SEED_SUFFIX=_seed$SEED; fi
+# EVAL_SCOPE=full (default): every unlearned model gets the host's whole TOFU evaluation (6.5-8 min here).
+# EVAL_SCOPE=forget: a screen, only the forget-set metrics (forget_quality, its truth ratios, the forget answer
+# probability; about a minute), for sweeping rates and seeds fast; the runs are tagged -fq (<METHOD><RUN_TAG>-fq_lr..),
+# report.py lists them without model_utility and never selects them; confirm a setting with EVAL_SCOPE=full.
+EVAL_SCOPE=${EVAL_SCOPE:-full}
+case $EVAL_SCOPE in
+  full) SCOPE_TAG= ;;
+  forget) SCOPE_TAG=-fq ;;
+  *) echo "EVAL_SCOPE must be full or forget, got '$EVAL_SCOPE'" >&2; exit 2 ;;
+esac
 # relearning attack: Unlearn-Simple's protocol at full scale (100 steps, lr 1e-5: `falcon-unlearn attack`'s
 # defaults); micro / smoke take fewer steps at lr 1e-4
 RELEARN_STEPS=${RELEARN_STEPS:-100}; RELEARN_LR=${RELEARN_LR:-1e-5}
@@ -111,6 +121,15 @@ EVAL_O=(forget_split=forget01 holdout_split=holdout01 eval.tofu.batch_size=$EVAL
   eval.tofu.metrics.model_utility.pre_compute.retain_Q_A_ROUGE.$G
   eval.tofu.metrics.model_utility.pre_compute.ra_Q_A_ROUGE.$G
   eval.tofu.metrics.model_utility.pre_compute.wf_Q_A_ROUGE.$G)
+# the unlearned models' evaluation (EVAL_SCOPE) and the metric that says it finished
+if [ "$EVAL_SCOPE" = forget ]; then
+  UL_EVAL_O=(forget_split=forget01 holdout_split=holdout01 eval.tofu.batch_size=$EVAL_BS
+    ~eval.tofu.metrics.forget_Q_A_ROUGE ~eval.tofu.metrics.model_utility ~eval.tofu.metrics.privleak
+    ~eval.tofu.metrics.extraction_strength)
+  UL_EVAL_DONE=forget_quality
+else
+  UL_EVAL_O=("${EVAL_O[@]}"); UL_EVAL_DONE=model_utility
+fi
 
 data_key() { echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN"; }  # the TOFU subset built
 stage_data() {
@@ -141,14 +160,15 @@ stage_finetune_target() { finetune target target; }
 stage_finetune_retain() { finetune retain retain; }
 stage_finetune() { stage_finetune_target; stage_finetune_retain; }
 
-host_eval() {  # $1 = model dir, $2 = output dir, $3 = retain_logs_path or null
+host_eval() {  # $1 = model dir, $2 = output dir, $3 = retain_logs_path or null, $4 = overrides (default EVAL_O)
+  local -n eval_o=${4:-EVAL_O}
   if [ -f "$2/TOFU_EVAL.json" ]; then log "eval $2: exists"; return; fi
   log "eval $1 -> $2"
   local tag; tag=$(basename "$2"); [ "$tag" = evals ] && tag=$(basename "$(dirname "$2")" .tmp)
   rm -rf "$2.tmp"
   model_overrides "$1"
   (cd "$HOST" && $NICE $PY src/eval.py experiment=eval/tofu/default \
-    "${MO[@]}" "${EVAL_O[@]}" "retain_logs_path=$3" model.model_args.device_map=${DEVICE_MAP:-cpu} \
+    "${MO[@]}" "${eval_o[@]}" "retain_logs_path=$3" model.model_args.device_map=${DEVICE_MAP:-cpu} \
     task_name=tq_eval_$tag paths.output_dir="$2.tmp") > "$WORK/logs/eval_$tag.log" 2>&1
   mv "$2.tmp" "$2"
 }
@@ -180,7 +200,7 @@ host_unlearn() {  # $1 = run name, $2 = host experiment, rest = the run's own ov
   t0=$(date +%s)
   model_overrides "$M/target"
   (cd "$HOST" && $NICE $PY src/train.py --config-name=unlearn.yaml experiment=$experiment \
-    "${MO[@]}" "${CPU_O[@]}" "${EVAL_O[@]}" retain_split=retain \
+    "${MO[@]}" "${CPU_O[@]}" "${UL_EVAL_O[@]}" retain_split=retain \
     retain_logs_path="$WORK/evals/retain/TOFU_EVAL.json" trainer.args.logging_steps=1 trainer.args.seed=$SEED \
     "$@" task_name=tq_ul_$name paths.output_dir="$out.tmp") > "$WORK/logs/ul_$name.log" 2>&1 \
     || log "unlearn $name: host run failed (see logs/ul_$name.log); evaluating the saved model if any"
@@ -189,16 +209,16 @@ host_unlearn() {  # $1 = run name, $2 = host experiment, rest = the run's own ov
 }
 unlearn() {  # $1 = method, $2 = lr (max_steps=-1: FALCON.yaml's 100-step budget gives way to the epochs)
   local xv=EXTRA_$1
-  host_unlearn "$1${RUN_TAG:-}_lr$2$SEED_SUFFIX" unlearn/tofu/default trainer=$1 \
+  host_unlearn "$1${RUN_TAG:-}${SCOPE_TAG}_lr$2$SEED_SUFFIX" unlearn/tofu/default trainer=$1 \
     trainer.args.per_device_train_batch_size=$UL_BS trainer.args.learning_rate=$2 \
     trainer.args.num_train_epochs=$UL_EPOCHS ++trainer.args.max_steps=-1 ${EXTRA_UNLEARN:-} ${!xv:-}
 }
 finish_unlearn() {  # $1 = run dir; take the host's end-of-training eval, else evaluate the saved model
   local out=$1 ev
   ev=$(ls -d "$out.tmp"/checkpoint-[0-9]*/evals 2>/dev/null | grep -v partial | head -1 || true)
-  if [ -z "$ev" ] || ! grep -q model_utility "$ev/TOFU_SUMMARY.json" 2>/dev/null; then
+  if [ -z "$ev" ] || ! grep -q "$UL_EVAL_DONE" "$ev/TOFU_SUMMARY.json" 2>/dev/null; then
     [ -f "$out.tmp/model.safetensors" ] || { log "unlearn $(basename "$out"): no model saved, see logs"; return 1; }
-    host_eval "$out.tmp" "$out.tmp/evals" "$WORK/evals/retain/TOFU_EVAL.json"; ev=$out.tmp/evals
+    host_eval "$out.tmp" "$out.tmp/evals" "$WORK/evals/retain/TOFU_EVAL.json" UL_EVAL_O; ev=$out.tmp/evals
   fi
   cp "$ev/TOFU_EVAL.json" "$ev/TOFU_SUMMARY.json" "$out.tmp/"
   touch "$out.tmp/DONE"
@@ -227,7 +247,7 @@ shipped_run() {  # the name of unlearn_defaults' run: after FALCON.yaml's tofu_b
   lr=$($PY -c "import yaml, falcon_plugin, pathlib
 p = pathlib.Path(falcon_plugin.__file__).parent / 'configs/trainer/FALCON.yaml'
 print(yaml.safe_load(p.read_text())['tofu_budget']['learning_rate'])") || { log "cannot read FALCON.yaml's tofu_budget" >&2; return 1; }
-  echo "FALCON-defaults_lr$lr"
+  echo "FALCON-defaults${SCOPE_TAG}_lr$lr"
 }
 stage_unlearn_defaults() {  # FALCON exactly as a user runs it: experiment=unlearn/tofu/falcon, no budget overrides
   # (trainer/FALCON.yaml's tofu_budget over its budget: lr, epochs, batch 4, constant; method_args as shipped);

@@ -346,3 +346,34 @@ def test_archive_keeps_what_the_report_reads_and_restore_rebuilds_it_on_a_fresh_
     assert not (micro / "unlearn").exists()
     assert "another protocol" in stage("archive", micro, SCALE="smoke").stderr
     assert (out2 / "tofu_leaderboard.json").read_text() == (out / "tofu_leaderboard.json").read_text()
+
+
+def test_forget_only_screens_are_listed_with_their_seeds_but_never_selected(tmp_path: Path) -> None:
+    """EVAL_SCOPE=forget runs (tagged -fq) have forget metrics and no model_utility: the board lists them and
+    summarises their seeds, the host's selection never picks one (it cannot say the run kept utility)."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    _summary(work / "evals" / "target", 1e-5, 0.60)
+    _summary(work / "evals" / "retain", 1.0, 0.59)
+    _run(work, "FALCON_lr3e-4", 0.40, 0.58)
+    for name, fq in (("FALCON-fq_lr1e-3", 0.99), ("FALCON-fq_lr1e-3_seed1", 0.9)):
+        path = work / "unlearn" / name
+        path.mkdir(parents=True)
+        (path / "TOFU_SUMMARY.json").write_text(json.dumps({"forget_quality": fq, "forget_Q_A_Prob": 0.1}))
+        (path / "DONE").touch()
+    _report(work, out)
+    board = json.loads((out / "tofu_leaderboard.json").read_text())
+    runs = {r["run"]: r for r in board["runs"]}
+    assert runs["FALCON-fq_lr1e-3"]["forget_quality"] == 0.99 and runs["FALCON-fq_lr1e-3"]["mu_ratio"] is None
+    assert [r for r, v in runs.items() if v["selected"]] == ["FALCON_lr3e-4"]
+    (group,) = board["seeds"]
+    assert group["method"] == "FALCON-fq" and group["forget_quality per seed"] == "0.990 / 0.900"
+    assert group["keeps_utility"] == "0/2"
+
+
+def test_protocol_script_rejects_a_bad_eval_scope_before_any_work(tmp_path: Path) -> None:
+    script = REPO / "benchmarks" / "tofu_quality.sh"
+    env = {"PATH": "/usr/bin:/bin", "HOST": str(tmp_path), "WORK": str(tmp_path / "work")}
+    env["EVAL_SCOPE"] = "quick"
+    proc = subprocess.run(["bash", str(script), "data"], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 2 and "EVAL_SCOPE must be full or forget, got 'quick'" in proc.stderr
+    assert not (tmp_path / "work" / "logs").exists()

@@ -177,10 +177,11 @@ for r in runs:
     r["keeps_utility"] = r["mu_ratio"] is not None and r["mu_ratio"] >= 0.95
 grid = [r for r in runs if r["seed"] == 0]  # selection and the front: the lr grid at the host's seed
 best = {}
-for r in grid:
-    cand = [x for x in grid if x["method"] == r["method"]]
+for r in grid:  # a screen (EVAL_SCOPE=forget, no model_utility) is never selected
+    cand = [x for x in grid if x["method"] == r["method"] and x["model_utility"] is not None]
     ok = [x for x in cand if x["keeps_utility"]] or cand
-    best[r["method"]] = max(ok, key=lambda x: (x["forget_quality"] or 0, x["model_utility"] or 0))
+    if ok:
+        best[r["method"]] = max(ok, key=lambda x: (x["forget_quality"] or 0, x["model_utility"] or 0))
 full = [r for r in grid if r["forget_quality"] is not None and r["model_utility"] is not None]
 on_front = pareto_front([(r["forget_quality"], r["model_utility"]) for r in full])
 front_ids = {id(r) for r, on in zip(full, on_front, strict=True) if on}
@@ -289,7 +290,7 @@ def seed_groups(runs):
     and the utility kept (mu_ratio) per seed; ordered like the board."""
     groups = {}
     for r in runs:
-        if r["forget_quality"] is not None and r["mu_ratio"] is not None:
+        if r["forget_quality"] is not None:  # screens (no model_utility) too: their utility cells stay empty
             groups.setdefault((r["method"], r["lr"]), []).append(r)
     rows = []
     for (method, lr), rs in sorted(groups.items()):

@@ -303,9 +303,7 @@ class FalconConfig:
 
         _number("temperature", self.temperature, positive=True)
         if self.forget_loss_floor is not None:
-            object.__setattr__(
-                self, "forget_loss_floor", _number("forget_loss_floor", self.forget_loss_floor, positive=True)
-            )
+            _number("forget_loss_floor", self.forget_loss_floor, positive=True)
         _number("steering_coeff", self.steering_coeff, positive=True)
         _integer("pov_rank", self.pov_rank, 1)
         _number("pov_weight", self.pov_weight, non_negative=True)

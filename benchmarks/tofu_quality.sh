@@ -116,14 +116,15 @@ CPU_O=(trainer.args.warmup_epochs=0 trainer.args.optim=adamw_torch trainer.args.
   trainer.args.save_strategy=no trainer.args.gradient_accumulation_steps=1)
 # forget01 / holdout01 splits, shorter generation for the ROUGE metrics
 G=generation_args.max_new_tokens=$MAX_NEW
-EVAL_O=(forget_split=forget01 holdout_split=holdout01 eval.tofu.batch_size=$EVAL_BS ${EVAL_DROP:-}
+EVAL_SPLITS=(forget_split=forget01 holdout_split=holdout01 eval.tofu.batch_size=$EVAL_BS)  # every evaluation
+EVAL_O=("${EVAL_SPLITS[@]}" ${EVAL_DROP:-}
   eval.tofu.metrics.forget_Q_A_ROUGE.$G
   eval.tofu.metrics.model_utility.pre_compute.retain_Q_A_ROUGE.$G
   eval.tofu.metrics.model_utility.pre_compute.ra_Q_A_ROUGE.$G
   eval.tofu.metrics.model_utility.pre_compute.wf_Q_A_ROUGE.$G)
 # the unlearned models' evaluation (EVAL_SCOPE) and the metric that says it finished
 if [ "$EVAL_SCOPE" = forget ]; then
-  UL_EVAL_O=(forget_split=forget01 holdout_split=holdout01 eval.tofu.batch_size=$EVAL_BS
+  UL_EVAL_O=("${EVAL_SPLITS[@]}"
     ~eval.tofu.metrics.forget_Q_A_ROUGE ~eval.tofu.metrics.model_utility ~eval.tofu.metrics.privleak
     ~eval.tofu.metrics.extraction_strength)
   UL_EVAL_DONE=forget_quality

@@ -258,6 +258,11 @@ class FalconConfig:
     pov_rank: int = _option(8, "K, number of principal directions")
     pov_weight: float = _option(1.0, "w; 1 removes r's component in the principal subspace")
     pov_noise: float = _option(0.01, "ε, noise standard deviation before tanh (official code's 0.01)")
+    pov_seed: int | None = _option(
+        None,
+        "seed of the POV's draws (its forget sample, r and the noise); `null` = the Trainer's `args.seed`. "
+        "Set it to vary the POV with the data order fixed, or the data order with the POV fixed",
+    )
     retain_weight: float = _option(
         10.0, "multiplier of the retain loss (the official `alpha` is 100; 10 measured in docs/real_lm.md)"
     )
@@ -308,6 +313,8 @@ class FalconConfig:
         _integer("pov_rank", self.pov_rank, 1)
         _number("pov_weight", self.pov_weight, non_negative=True)
         _number("pov_noise", self.pov_noise, non_negative=True)
+        if self.pov_seed is not None:
+            _integer("pov_seed", self.pov_seed, 0)
         _number("retain_weight", self.retain_weight, non_negative=True)
         object.__setattr__(self, "conflict_weights", _weight_pair("conflict_weights", self.conflict_weights))
         object.__setattr__(self, "align_weights", _weight_pair("align_weights", self.align_weights))

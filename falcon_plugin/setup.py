@@ -13,8 +13,9 @@ the :class:`~falcon_plugin.state.FalconState` the step reads:
    :mod:`falcon_plugin.pov`).
 
 On resume the state comes from the checkpoint instead (:meth:`FalconState.load`), so the run
-continues exactly. Every random draw follows ``args.seed`` only: the MI and POV samples of the train
-set (``random.Random(seed + offset)``) and the POV's random vector and noise (a seeded generator).
+continues exactly. Every random draw follows one seed: ``args.seed`` for Step 1's samples of the train
+set (``random.Random(seed + offset)``); :func:`pov_seed` (``pov_seed``, by default ``args.seed``) for the
+POV's sample and its random vector and noise (a seeded generator).
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ def apply_trainable(model: nn.Module, names: Sequence[str]) -> None:
         param.requires_grad_(name in wanted)
 
 
-def sample_parts(ctx: SetupContext, part: str, count: int, seed_offset: int) -> list[dict[str, torch.Tensor]]:
-    """``count`` examples of ``part`` ('forget' or 'retain'), drawn with ``args.seed + seed_offset``.
+def sample_parts(
+    ctx: SetupContext, part: str, count: int, seed_offset: int, seed: int | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """``count`` examples of ``part`` ('forget' or 'retain'), drawn with ``seed + seed_offset``
+    (``seed`` defaults to ``args.seed``).
 
     Each is checked as validation checks items; the global RNG is left as it was (datasets such as
     the host's draw from it in ``__getitem__``).
@@ -134,7 +138,7 @@ def sample_parts(ctx: SetupContext, part: str, count: int, seed_offset: int) -> 
     dataset = ctx.dataset
     if dataset is None:
         raise ValueError("FALCON needs a train_dataset of {'forget', 'retain'} items")
-    rng = random.Random(ctx.seed + seed_offset)
+    rng = random.Random((ctx.seed if seed is None else seed) + seed_offset)
     indices = rng.sample(range(len(dataset)), min(count, len(dataset)))
     vocab = vocab_size(ctx.model)
     items = []
@@ -171,12 +175,18 @@ def select_layer(ctx: SetupContext) -> MIReport:
     return report
 
 
+def pov_seed(ctx: SetupContext) -> int:
+    """The seed of the POV's draws: ``pov_seed`` when set, else the Trainer's ``args.seed``."""
+    return ctx.seed if ctx.config.pov_seed is None else ctx.config.pov_seed
+
+
 def build_pov(
     ctx: SetupContext, layers: nn.ModuleList, first: int, layer: int, frozen: Mapping[str, torch.Tensor]
 ) -> torch.Tensor:
     """H+ from the principal directions of frozen forget activations at l* (answer tokens, seeded sample)."""
     cfg = ctx.config
-    samples = sample_parts(ctx, "forget", POV_SAMPLES, SEED_OFFSETS["pov"])
+    seed = pov_seed(ctx)
+    samples = sample_parts(ctx, "forget", POV_SAMPLES, SEED_OFFSETS["pov"], seed)
     device = next(iter(frozen.values())).device
     rows = []
     for start in range(0, len(samples), cfg.mi.batch_size):
@@ -191,7 +201,7 @@ def build_pov(
             f"FALCON: the sampled forget examples have no answer tokens (all labels are {IGNORE_INDEX})"
         )
     directions = principal_directions(activations, cfg.pov_rank)
-    generator = torch.Generator().manual_seed(ctx.seed)
+    generator = torch.Generator().manual_seed(seed)
     return principal_offset_vector(directions, cfg.pov_weight, cfg.pov_noise, generator)
 
 
@@ -201,6 +211,7 @@ __all__ = [
     "SetupContext",
     "apply_trainable",
     "build_pov",
+    "pov_seed",
     "prepare_state",
     "sample_parts",
     "select_layer",

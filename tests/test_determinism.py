@@ -1,9 +1,9 @@
 """Determinism: the same seed gives the same run, bit for bit; FALCON's randomness follows ``args.seed``.
 
-FALCON draws random numbers in two places, both from ``TrainingArguments.seed`` and from nothing
-else (not the global torch/numpy/python RNG): the MI and POV samples of the train set
-(``random.Random(seed + offset)``) and the POV's random vector and noise (a ``torch.Generator``
-seeded with ``seed``).
+FALCON draws random numbers in two places, both from ``TrainingArguments.seed`` (the POV's from
+``pov_seed`` when it is set) and from nothing else (not the global torch/numpy/python RNG): the MI and
+POV samples of the train set (``random.Random(seed + offset)``) and the POV's random vector and noise
+(a ``torch.Generator`` seeded with ``seed``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from falcon_plugin.setup import sample_parts
 from falcon_plugin.trainer import FALCON
 
 
-def _trainer(out: Path, seed: int = 0, layer: int | str = "auto", steps: int = 3) -> FALCON:
+def _trainer(
+    out: Path, seed: int = 0, layer: int | str = "auto", steps: int = 3, **method_args: Any
+) -> FALCON:
     tok = CharTokenizer()
     dataset = ForgetRetainDataset(qa_items(tok, 16, "zq", 1), qa_items(tok, 16, "ab", 2), seed=0)
     args = TrainingArguments(
@@ -45,6 +47,7 @@ def _trainer(out: Path, seed: int = 0, layer: int | str = "auto", steps: int = 3
         args=args,
         layer=layer,
         mi={"samples": 8},
+        **method_args,
     )
 
 
@@ -84,6 +87,22 @@ def test_pov_follows_the_trainer_seed_and_nothing_else(tmp_path: Path) -> None:
     first, again, other = pov(0), pov(0), pov(1)
     assert torch.equal(first, again)
     assert not torch.allclose(first, other, atol=1e-3)
+
+
+def test_pov_seed_sets_the_pov_apart_from_the_trainer_seed(tmp_path: Path) -> None:
+    """``pov_seed`` alone decides H+: two trainer seeds with one pov_seed share it, and pov_seed = the trainer
+    seed is the default; the training data order (``args.seed``) is untouched by it."""
+
+    def pov(seed: int, **method_args: Any) -> torch.Tensor:
+        trainer = _trainer(tmp_path / f"p{seed}{method_args}", seed=seed, layer=2, **method_args)
+        trainer._setup(None)
+        assert trainer.falcon_state is not None
+        return trainer.falcon_state.pov
+
+    default_1 = pov(1)
+    assert torch.equal(pov(0, pov_seed=1), default_1)
+    assert torch.equal(pov(5, pov_seed=1), default_1)
+    assert not torch.allclose(pov(1, pov_seed=0), default_1, atol=1e-3)
 
 
 def test_mi_and_pov_samples_follow_the_trainer_seed(tmp_path: Path) -> None:

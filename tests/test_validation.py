@@ -229,6 +229,8 @@ ROWS = [
     Bad("pov-rank-zero", with_method_args(pov_rank=0), FalconConfigError, ("pov_rank", "0")),
     Bad("pov-rank-float", with_method_args(pov_rank=2.5), FalconConfigError, ("pov_rank", "2.5")),
     Bad("pov-noise-negative", with_method_args(pov_noise=-0.1), FalconConfigError, ("pov_noise", "-0.1")),
+    Bad("pov-seed-negative", with_method_args(pov_seed=-1), FalconConfigError, ("pov_seed", "-1")),
+    Bad("pov-seed-float", with_method_args(pov_seed=1.5), FalconConfigError, ("pov_seed", "1.5")),
     Bad(
         "pov-weight-inf", with_method_args(pov_weight=float("inf")), FalconConfigError, ("pov_weight", "inf")
     ),

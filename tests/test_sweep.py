@@ -239,6 +239,13 @@ def test_retain_logs_used_when_present(host: Path) -> None:
         (["--benchmark", "tofu", "--methods", "FALCON,Magic"], "unknown method 'Magic'"),
         (["--benchmark", "tofu", "--lrs", "1e-5,fast"], "--lrs: not a number: 'fast'"),
         (["--benchmark", "tofu", "--methods", ","], "--methods is empty"),
+        (["--benchmark", "tofu", "--pov-seeds", "0,-1"], "--pov-seeds: not a non-negative integer: '-1'"),
+        (["--benchmark", "tofu", "--pov-seeds", "1,1"], "--pov-seeds repeats 1"),
+        (["--benchmark", "tofu", "--methods", "RMU", "--pov-seeds", "0"], "only FALCON has a POV"),
+        (
+            ["--benchmark", "tofu", "--pov-seeds", "0", "--", "trainer.method_args.pov_seed=3"],
+            "--pov-seeds and an override of trainer.method_args.pov_seed",
+        ),
     ],
 )
 def test_sweep_bad_input(
@@ -255,6 +262,22 @@ def test_sweep_missing_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (tmp_path / "empty").mkdir()
     assert main(["sweep", "--host", str(tmp_path / "empty"), "--benchmark", "tofu"]) == 2
     assert "not an open-unlearning checkout: missing src/train.py" in capsys.readouterr().err
+
+
+def test_pov_seeds_multiply_falcon_runs_only(host: Path) -> None:
+    """--pov-seeds: one FALCON run per POV seed and learning rate (task suffix _pov<N>, the seed as
+    method_args.pov_seed); a baseline, which has no POV, runs once per learning rate."""
+    plans = plan_runs(host, "tofu", ["FALCON", "RMU"], [1e-4, 2e-4], pov_seeds=[0, 3])
+    tasks = [plan.task for plan in plans]
+    prefix = "tofu_Llama-3.2-1B-Instruct_forget10_"
+    assert tasks == [
+        *(f"{prefix}FALCON_lr{lr}_pov{seed}" for lr in ("0.0001", "0.0002") for seed in (0, 3)),
+        f"{prefix}RMU_lr0.0001",
+        f"{prefix}RMU_lr0.0002",
+    ]
+    seeds = [[a for a in plan.commands[0] if a.startswith("trainer.method_args.pov_seed=")] for plan in plans]
+    assert seeds == [["trainer.method_args.pov_seed=0"], ["trainer.method_args.pov_seed=3"]] * 2 + [[], []]
+    assert [p.task for p in plan_runs(host, "tofu", ["FALCON"], [None])] == [f"{prefix}FALCON"]
 
 
 def test_parse_lrs_default() -> None:

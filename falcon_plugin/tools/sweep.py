@@ -1,6 +1,7 @@
 """``falcon-unlearn sweep``: run open-unlearning's own scripts for several methods, then the leaderboard.
 
-For every method (and learning rate, with ``--lrs``) the sweep runs, in the host checkout and with
+For every method (and learning rate, with ``--lrs``; and, for FALCON, POV seed, with ``--pov-seeds``) the
+sweep runs, in the host checkout and with
 the same experiment config so every method gets the same budget:
 
 1. ``python src/train.py --config-name=unlearn.yaml experiment=unlearn/<bench>/default.yaml trainer=<M>
@@ -24,6 +25,7 @@ resumes where it stopped. A failing method is logged with its log file and the s
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -99,6 +101,25 @@ def parse_lrs(text: str | None) -> list[float | None]:
             raise InputError(f"--lrs: learning rates must be > 0, got {part.strip()!r}")
         values.append(value)
     return values
+
+
+def parse_pov_seeds(text: str | None) -> list[int | None]:
+    """``"0,1,2"`` -> ints (FALCON's ``pov_seed``, one run each); None -> ``[None]`` (``args.seed``'s POV)."""
+    if text is None:
+        return [None]
+    values: list[int | None] = []
+    for part in text.split(","):
+        if not part.strip().isdigit():
+            raise InputError(f"--pov-seeds: not a non-negative integer: {part.strip()!r}")
+        value = int(part)
+        if value in values:
+            raise InputError(f"--pov-seeds repeats {value}")
+        values.append(value)
+    return values
+
+
+POV_SEED_KEY = "trainer.method_args.pov_seed"
+"""FALCON's POV seed (``--pov-seeds`` sets it per run)."""
 
 
 def check_host(host: Path) -> None:
@@ -207,12 +228,19 @@ def plan_sweep(
     run_eval: bool = True,
     eval_retain: bool = False,
     retain_model: str | None = None,
+    pov_seeds: Sequence[int | None] = (None,),
 ) -> SweepPlan:
     """The commands of every run, checked against the host and the registry before anything runs.
 
+    ``pov_seeds``: each FALCON run once per POV seed (``trainer.method_args.pov_seed``, task suffix
+    ``_pov<N>``); the other methods have no POV and run once. On TOFU the POV's random direction decides
+    how far FALCON moves the forget set's truth ratios (docs/results/README.md, round 8), so it is swept
+    like the learning rate.
+
     Raises InputError for an unknown benchmark, method or split (TOFU: the host's forget01/05/10),
-    for an override after ``--`` that the sweep sets itself, and for ``eval_retain`` on a benchmark
-    without a retain reference.
+    for an override after ``--`` that the sweep sets itself, for ``eval_retain`` on a benchmark
+    without a retain reference, and for POV seeds without a FALCON method or with a ``pov_seed``
+    override after ``--``.
     """
     if benchmark not in HOST_BENCHMARKS:
         raise InputError(f"unknown --benchmark {benchmark!r}; expected one of {', '.join(HOST_BENCHMARKS)}")
@@ -232,6 +260,13 @@ def plan_sweep(
         raise InputError(f"--eval-retain: {benchmark} has no retain reference model in the host's recipe")
     if retain_model and not eval_retain:
         raise InputError("--retain-model needs --eval-retain")
+    if list(pov_seeds) != [None]:
+        if not any(m.startswith("FALCON") for m in methods):
+            raise InputError(
+                f"--pov-seeds: only FALCON has a POV, and --methods has none: {', '.join(methods)}"
+            )
+        if any(override_key(a) == POV_SEED_KEY for a in extra):
+            raise InputError(f"--pov-seeds and an override of {POV_SEED_KEY} after '--': give one of them")
     known = host_trainers(host)
     for method in methods:
         if method not in known:
@@ -287,8 +322,13 @@ def plan_sweep(
         eval_common.append(f"retain_logs_path={retain_logs}")
     falcon_overrides = falcon_benchmark_overrides(benchmark)
     for method in methods:
-        for lr in lrs:
-            task = _slug(f"{benchmark}_{model}_{split}_{method}" + (f"_lr{lr:g}" if lr is not None else ""))
+        seeds = pov_seeds if method.startswith("FALCON") else [None]  # the baselines have no POV
+        for lr, pov_seed in itertools.product(lrs, seeds):
+            task = _slug(
+                f"{benchmark}_{model}_{split}_{method}"
+                + (f"_lr{lr:g}" if lr is not None else "")
+                + (f"_pov{pov_seed}" if pov_seed is not None else "")
+            )
             train = [
                 python,
                 "src/train.py",
@@ -304,6 +344,8 @@ def plan_sweep(
                 train.append(UNCAPPED)
             if method.startswith("FALCON"):
                 train += falcon_overrides
+            if pov_seed is not None:
+                train.append(f"{POV_SEED_KEY}={pov_seed}")
             train += list(extra)
             commands = [train]
             if run_eval:

@@ -53,6 +53,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma-separated trainer names (default: %(default)s)",
     )
     sweep.add_argument("--lrs", help="comma-separated learning rates (default: the experiment's)")
+    sweep.add_argument(
+        "--pov-seeds",
+        help="comma-separated FALCON POV seeds (method_args.pov_seed), one FALCON run each "
+        "(default: the POV of args.seed); on TOFU the POV decides how much FALCON forgets",
+    )
     sweep.add_argument("--model", help="host model config name (default: the benchmark's usual one)")
     sweep.add_argument("--split", help="forget split (TOFU) or data split (MUSE, WMDP)")
     sweep.add_argument(
@@ -84,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     """Plan (every input checked first), run or print the commands, then build the leaderboard."""
     from falcon_plugin.tools.common.tables import markdown_table
     from falcon_plugin.tools.leaderboard import build
-    from falcon_plugin.tools.sweep import check_host, parse_lrs, parse_methods, plan_sweep, run_sweep
+    from falcon_plugin.tools.sweep import (
+        check_host,
+        parse_lrs,
+        parse_methods,
+        parse_pov_seeds,
+        plan_sweep,
+        run_sweep,
+    )
 
     host = args.host
     check_host(host)
@@ -103,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         run_eval=not args.no_eval,
         eval_retain=args.eval_retain,
         retain_model=args.retain_model,
+        pov_seeds=parse_pov_seeds(args.pov_seeds),
     )
     if args.dry_run:
         for plan in sweep.plans:

@@ -377,3 +377,39 @@ def test_protocol_script_rejects_a_bad_eval_scope_before_any_work(tmp_path: Path
     proc = subprocess.run(["bash", str(script), "data"], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 2 and "EVAL_SCOPE must be full or forget, got 'quick'" in proc.stderr
     assert not (tmp_path / "work" / "logs").exists()
+
+
+def test_truth_ratio_gap_measures_how_far_runs_move_the_answers(tmp_path: Path) -> None:
+    """truth_ratio_gap.py: per group, the mean over run pairs of mean_q |log TR_a - log TR_b|."""
+    import math
+
+    work = tmp_path / "work"
+    base = [0.5 + 0.01 * i for i in range(40)]
+    for name, factor in (("a", 1.0), ("b", 1.1), ("c", 2.0)):
+        (work / "unlearn" / name).mkdir(parents=True)
+        _eval(work / "unlearn" / name, [r * factor for r in base])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks/tofu_quality/truth_ratio_gap.py"),
+            str(work),
+            "near=a,b",
+            "far=a,b,c",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in proc.stdout.splitlines()[2:]}
+    near = float(rows["near"].rstrip(" |").rsplit("|", 1)[1])
+    far = float(rows["far"].rstrip(" |").rsplit("|", 1)[1])
+    assert near == round(math.log(1.1), 3)
+    assert far == round((math.log(1.1) + math.log(2.0) + math.log(2.0 / 1.1)) / 3, 3)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/tofu_quality/truth_ratio_gap.py"), str(work), "one=a"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "two or more distinct runs" in bad.stderr

@@ -1,0 +1,81 @@
+"""How far apart runs leave the forget set's truth ratios, question by question (the seed decomposition).
+
+  truth_ratio_gap.py WORK NAME=RUN,RUN[,RUN...] [NAME=RUN,RUN...]
+
+For each group of unlearning runs of the TOFU protocol (folders under WORK/unlearn, each with the host's
+TOFU_EVAL.json), the mean over run pairs of the per-question gap mean_q |log TR_a(q) - log TR_b(q)| of the
+host's forget truth ratios, with each run's forget_quality and median truth ratio. Two groups that vary
+one source of randomness each (runs that share a POV and differ in data order, runs that share the data
+order and differ in POV) say which of the two moves the answers. Prints a Markdown table; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+
+def truth_ratios(run: Path) -> dict[str, float]:
+    """The host's per-question forget truth ratios of one run (``forget_truth_ratio.value_by_index``)."""
+    path = run / "TOFU_EVAL.json"
+    if not path.is_file():
+        raise SystemExit(f"truth_ratio_gap: {path} not found (is {run.name} a finished run?)")
+    values = json.loads(path.read_text()).get("forget_truth_ratio", {}).get("value_by_index", {})
+    ratios = {k: v["score"] for k, v in values.items() if v.get("score") is not None}
+    if not ratios:
+        raise SystemExit(f"truth_ratio_gap: {path} has no per-question forget_truth_ratio")
+    return ratios
+
+
+def question_gap(a: dict[str, float], b: dict[str, float]) -> float:
+    """mean_q |log a(q) - log b(q)| over the questions both runs scored."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise SystemExit("truth_ratio_gap: two runs share no question")
+    return sum(abs(math.log(a[q]) - math.log(b[q])) for q in shared) / len(shared)
+
+
+def group_row(work: Path, name: str, runs: list[str]) -> list[str]:
+    """One table row: group name, runs, their forget_quality and median ratio, the mean pairwise gap."""
+    ratios = {run: truth_ratios(work / "unlearn" / run) for run in runs}
+    gaps = [question_gap(ratios[a], ratios[b]) for a, b in itertools.combinations(runs, 2)]
+    quality = []
+    for run in runs:
+        value = json.loads((work / "unlearn" / run / "TOFU_EVAL.json").read_text()).get("forget_quality", {})
+        quality.append(f"{value['agg_value']:.3g}" if "agg_value" in value else "-")
+    medians = " / ".join(f"{statistics.median(ratios[r].values()):.3f}" for r in runs)
+    return [name, " ".join(runs), " / ".join(quality), medians, f"{sum(gaps) / len(gaps):.3f}"]
+
+
+def parse_group(text: str) -> tuple[str, list[str]]:
+    name, sep, runs = text.partition("=")
+    members = [r for r in runs.split(",") if r]
+    if not sep or not name or len(members) < 2 or len(set(members)) != len(members):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=RUN,RUN[,...] with two or more distinct runs, got {text!r}"
+        )
+    return name, members
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("work", type=Path, help="the protocol's cache (WORK)")
+    parser.add_argument("groups", nargs="+", type=parse_group, help="NAME=RUN,RUN[,RUN...]")
+    args = parser.parse_args(argv)
+    rows = [group_row(args.work, name, runs) for name, runs in args.groups]
+    header = ["group", "runs", "forget_quality", "median truth ratio", "mean per-question abs(Δ log TR)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

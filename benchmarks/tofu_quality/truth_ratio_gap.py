@@ -20,16 +20,18 @@ import sys
 from pathlib import Path
 
 
-def truth_ratios(run: Path) -> dict[str, float]:
-    """The host's per-question forget truth ratios of one run (``forget_truth_ratio.value_by_index``)."""
+def read_run(run: Path) -> tuple[dict[str, float], float | None]:
+    """One run's per-question forget truth ratios (``forget_truth_ratio.value_by_index`` of the host's
+    TOFU_EVAL.json) and its forget_quality (None when the evaluation had no retain logs)."""
     path = run / "TOFU_EVAL.json"
     if not path.is_file():
         raise SystemExit(f"truth_ratio_gap: {path} not found (is {run.name} a finished run?)")
-    values = json.loads(path.read_text()).get("forget_truth_ratio", {}).get("value_by_index", {})
+    evaluation = json.loads(path.read_text())
+    values = evaluation.get("forget_truth_ratio", {}).get("value_by_index", {})
     ratios = {k: v["score"] for k, v in values.items() if v.get("score") is not None}
     if not ratios:
         raise SystemExit(f"truth_ratio_gap: {path} has no per-question forget_truth_ratio")
-    return ratios
+    return ratios, evaluation.get("forget_quality", {}).get("agg_value")
 
 
 def question_gap(a: dict[str, float], b: dict[str, float]) -> float:
@@ -42,12 +44,10 @@ def question_gap(a: dict[str, float], b: dict[str, float]) -> float:
 
 def group_row(work: Path, name: str, runs: list[str]) -> list[str]:
     """One table row: group name, runs, their forget_quality and median ratio, the mean pairwise gap."""
-    ratios = {run: truth_ratios(work / "unlearn" / run) for run in runs}
+    read = {run: read_run(work / "unlearn" / run) for run in runs}
+    ratios = {run: ratios for run, (ratios, _) in read.items()}
     gaps = [question_gap(ratios[a], ratios[b]) for a, b in itertools.combinations(runs, 2)]
-    quality = []
-    for run in runs:
-        value = json.loads((work / "unlearn" / run / "TOFU_EVAL.json").read_text()).get("forget_quality", {})
-        quality.append(f"{value['agg_value']:.3g}" if "agg_value" in value else "-")
+    quality = ["-" if q is None else f"{q:.3g}" for _, q in read.values()]
     medians = " / ".join(f"{statistics.median(ratios[r].values()):.3f}" for r in runs)
     return [name, " ".join(runs), " / ".join(quality), medians, f"{sum(gaps) / len(gaps):.3f}"]
 

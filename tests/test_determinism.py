@@ -94,7 +94,9 @@ def test_pov_seed_sets_the_pov_apart_from_the_trainer_seed(tmp_path: Path) -> No
     seed is the default; the training data order (``args.seed``) is untouched by it."""
 
     def pov(seed: int, **method_args: Any) -> torch.Tensor:
-        trainer = _trainer(tmp_path / f"p{seed}{method_args}", seed=seed, layer=2, **method_args)
+        trainer = _trainer(
+            tmp_path / f"p{seed}-pov{method_args.get('pov_seed')}", seed=seed, layer=2, **method_args
+        )
         trainer._setup(None)
         assert trainer.falcon_state is not None
         return trainer.falcon_state.pov

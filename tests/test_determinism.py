@@ -90,8 +90,8 @@ def test_pov_follows_the_trainer_seed_and_nothing_else(tmp_path: Path) -> None:
 
 
 def test_pov_seed_sets_the_pov_apart_from_the_trainer_seed(tmp_path: Path) -> None:
-    """``pov_seed`` alone decides H+: two trainer seeds with one pov_seed share it, and pov_seed = the trainer
-    seed is the default; the training data order (``args.seed``) is untouched by it."""
+    """``pov_seed`` alone decides H+: two trainer seeds with one pov_seed share it, pov_seed = the trainer
+    seed is the default, and another pov_seed at the same trainer seed gives another H+."""
 
     def pov(seed: int, **method_args: Any) -> torch.Tensor:
         trainer = _trainer(

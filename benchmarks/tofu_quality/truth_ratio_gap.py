@@ -45,7 +45,7 @@ def question_gap(a: dict[str, float], b: dict[str, float]) -> float:
 def group_row(work: Path, name: str, runs: list[str]) -> list[str]:
     """One table row: group name, runs, their forget_quality and median ratio, the mean pairwise gap."""
     read = {run: read_run(work / "unlearn" / run) for run in runs}
-    ratios = {run: ratios for run, (ratios, _) in read.items()}
+    ratios = {run: run_ratios for run, (run_ratios, _) in read.items()}
     gaps = [question_gap(ratios[a], ratios[b]) for a, b in itertools.combinations(runs, 2)]
     quality = ["-" if q is None else f"{q:.3g}" for _, q in read.values()]
     medians = " / ".join(f"{statistics.median(ratios[r].values()):.3f}" for r in runs)

@@ -322,7 +322,8 @@ def plan_sweep(
         eval_common.append(f"retain_logs_path={retain_logs}")
     falcon_overrides = falcon_benchmark_overrides(benchmark)
     for method in methods:
-        seeds = pov_seeds if method.startswith("FALCON") else [None]  # the baselines have no POV
+        falcon = method.startswith("FALCON")
+        seeds = pov_seeds if falcon else [None]  # the baselines have no POV
         for lr, pov_seed in itertools.product(lrs, seeds):
             task = _slug(
                 f"{benchmark}_{model}_{split}_{method}"
@@ -342,7 +343,7 @@ def plan_sweep(
                 train.append(f"trainer.args.learning_rate={lr:g}")
             if not capped:  # trainer/FALCON*.yaml's max_steps would give FALCON another budget
                 train.append(UNCAPPED)
-            if method.startswith("FALCON"):
+            if falcon:
                 train += falcon_overrides
             if pov_seed is not None:
                 train.append(f"{POV_SEED_KEY}={pov_seed}")

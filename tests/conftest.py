@@ -95,11 +95,16 @@ def tokenizer():
     return CharTokenizer()
 
 
-@pytest.fixture
-def forget_retain(tokenizer):
+def fresh_forget_retain(tokenizer):
+    """The ``forget_retain`` fixture's dataset, new: its retain partners start from the seed again."""
     from falcon_plugin.data import ForgetRetainDataset
 
     return ForgetRetainDataset(qa_items(tokenizer, 24, "zq", 1), qa_items(tokenizer, 24, "ab", 2), seed=0)
+
+
+@pytest.fixture
+def forget_retain(tokenizer):
+    return fresh_forget_retain(tokenizer)
 
 
 def pytest_configure(config):

@@ -29,6 +29,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from scipy.stats import ks_2samp
+from tofu_eval import truth_ratios_by_index
 
 from falcon_plugin.tools.attacks import leaderboard_columns, read_result
 from falcon_plugin.tools.common.pareto import pareto_front
@@ -55,10 +56,10 @@ def atomic(path, data, mode="w"):
 
 
 def forget_truth_ratios(eval_json):
-    """Per-question forget truth ratios (perturbed / paraphrased answer probability) of a TOFU_EVAL.json."""
-    values = ((load(eval_json) or {}).get("forget_truth_ratio") or {}).get("value_by_index") or {}
-    scores = [v.get("score") for _, v in sorted(values.items(), key=lambda kv: int(kv[0]))]
-    return np.array([x for x in scores if x is not None], dtype=float) if scores else None
+    """Per-question forget truth ratios (perturbed / paraphrased answer probability) of a TOFU_EVAL.json,
+    in question order; None when it has none."""
+    ratios = truth_ratios_by_index(load(eval_json))
+    return np.array([ratios[k] for k in sorted(ratios, key=int)], dtype=float) if ratios else None
 
 
 def truth_ratio_shape(ratios, reference):

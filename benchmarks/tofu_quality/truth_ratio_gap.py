@@ -19,6 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from tofu_eval import truth_ratios_by_index
+
 
 def read_run(run: Path) -> tuple[dict[str, float], float | None]:
     """One run's per-question forget truth ratios (``forget_truth_ratio.value_by_index`` of the host's
@@ -27,8 +29,7 @@ def read_run(run: Path) -> tuple[dict[str, float], float | None]:
     if not path.is_file():
         raise SystemExit(f"truth_ratio_gap: {path} not found (is {run.name} a finished run?)")
     evaluation = json.loads(path.read_text())
-    values = evaluation.get("forget_truth_ratio", {}).get("value_by_index", {})
-    ratios = {k: v["score"] for k, v in values.items() if v.get("score") is not None}
+    ratios = truth_ratios_by_index(evaluation)
     if not ratios:
         raise SystemExit(f"truth_ratio_gap: {path} has no per-question forget_truth_ratio")
     return ratios, evaluation.get("forget_quality", {}).get("agg_value")

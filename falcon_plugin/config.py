@@ -251,6 +251,12 @@ class FalconConfig:
         "forgetting converges at a set depth instead of where the step budget ends; `null` = the paper's "
         "loss (no floor)",
     )
+    sam_rho: float | None = _option(
+        None,
+        "radius ρ of a sharpness-aware forget gradient (g_F taken at θ + ρ g_F/‖g_F‖ over the trainable "
+        "tensors; Fan et al. 2025), for robustness to relearning; `null` = the paper's gradient. "
+        "Not under ZeRO-3",
+    )
     steering_coeff: float = _option(
         20.0,
         "scale of the POV positive (official code; a cosine InfoNCE is scale-invariant, kept for parity)",
@@ -309,6 +315,8 @@ class FalconConfig:
         _number("temperature", self.temperature, positive=True)
         if self.forget_loss_floor is not None:
             _number("forget_loss_floor", self.forget_loss_floor, positive=True)
+        if self.sam_rho is not None:
+            _number("sam_rho", self.sam_rho, positive=True)
         _number("steering_coeff", self.steering_coeff, positive=True)
         _integer("pov_rank", self.pov_rank, 1)
         _number("pov_weight", self.pov_weight, non_negative=True)

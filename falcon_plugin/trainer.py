@@ -8,7 +8,8 @@ One training step (:meth:`FalconMixin.compute_loss`; the picture is in docs/arch
 2. L_F = InfoNCE(updated forget act, scaled POV, frozen forget act), L_R = w_R (1 - cos) on retain
    (:mod:`falcon_plugin.losses`, paper Eq. 6-7);
 3. g_F, g_R by ``torch.autograd.grad`` on the trainable tensors, averaged over processes when
-   distributed, combined by :func:`falcon_plugin.projection.resolve_gradient_conflict`;
+   distributed (with ``sam_rho``, g_F is taken again at θ + ρ g_F/‖g_F‖: :mod:`falcon_plugin.sharpness`),
+   combined by :func:`falcon_plugin.projection.resolve_gradient_conflict`;
 4. a surrogate loss whose gradient is the combined update and whose value is L_F + L_R is returned
    to the Trainer, so gradient accumulation, clipping, mixed precision, DDP and DeepSpeed ZeRO-1/2
    run unchanged. Under ZeRO-3 (partitioned parameters) the loss L_F + L_R is returned instead and
@@ -32,7 +33,7 @@ import torch
 import transformers
 from torch import nn
 
-from .activations import base_model, find_decoder_layers, frozen_prefix_pass, run_layers
+from .activations import LayerCalls, base_model, find_decoder_layers, frozen_prefix_pass, run_layers
 from .config import FalconConfig, split_method_args
 from .data import model_inputs, pad_token_id
 from .distributed import (
@@ -43,15 +44,21 @@ from .distributed import (
     is_zero3,
     zero3_gradient_hooks,
 )
-from .errors import NonFiniteLossError
+from .errors import FalconConfigError, NonFiniteLossError
 from .hf_compat import init_parameters, processing_class_of, trainer_init_kwargs
 from .losses import cosine_retain_loss, floored_mean, info_nce_token_losses
 from .masks import token_mask
 from .projection import float32_sum, resolve_gradient_conflict
 from .replay import EpochToItems, replayable, trainer_rng_state_loading, warn_if_persistent_workers
 from .setup import SetupContext, prepare_state
+from .sharpness import perturbed, sam_perturbation
 from .state import FalconState, SaveFalconState, check_resumable, checkpoint_path
-from .validation import check_training_args, validate_against_model
+from .validation import (
+    SAM_UNDER_ZERO3,
+    check_sharpness_supported,
+    check_training_args,
+    validate_against_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +81,7 @@ class FalconMixin:
         self._falcon_grad_hooks: list[Any] = []
         super().__init__(*args, **trainer_init_kwargs(trainer_kwargs))
         check_training_args(self.args)
+        check_sharpness_supported(self.falcon_config)
         self._falcon_trainable = validate_against_model(
             base_model(self.model), self.falcon_config, self.train_dataset, self._pad_id()
         )
@@ -191,16 +199,34 @@ class FalconMixin:
             return all_reduce_mean(list(grads))
 
         with self.accelerator.autocast():
-            updated_f, frozen_f, mask_f = self._layer_pass(base, layers, inputs["forget"])
+            record_f, mask_f = self._frozen_pass(base, layers, inputs["forget"])
+            updated_f = run_layers(layers, state.first_layer, record_f)
         positive = cfg.steering_coeff * state.pov.to(updated_f.device)
-        token_losses = info_nce_token_losses(updated_f, positive, frozen_f, mask_f, cfg.temperature)
+        token_losses = info_nce_token_losses(
+            updated_f, positive, record_f.frozen_out, mask_f, cfg.temperature
+        )
         forget_loss = floored_mean(token_losses, cfg.forget_loss_floor)
         at_floor = None  # the share of forget tokens the floor has stopped
         if cfg.forget_loss_floor is not None:
             at_floor = (token_losses.detach() <= cfg.forget_loss_floor).float().mean()
+        if zero3 and cfg.sam_rho is not None:  # normally refused at construction (check_sharpness_supported)
+            raise FalconConfigError(SAM_UNDER_ZERO3.format(cfg.sam_rho))
         g_f = None if zero3 else gradient(forget_loss)
+        sam_loss = None  # L_F at θ + δ (sharpness-aware forget gradient, falcon_plugin.sharpness)
+        if cfg.sam_rho is not None and g_f is not None:
+            with perturbed(trainable, sam_perturbation(g_f, cfg.sam_rho)):
+                with (
+                    self.accelerator.autocast()
+                ):  # the frozen pass does not depend on θ: only l*'s layers rerun
+                    updated_adv = run_layers(layers, state.first_layer, record_f)
+                adv_tokens = info_nce_token_losses(
+                    updated_adv, positive, record_f.frozen_out, mask_f, cfg.temperature
+                )
+                sam_loss = floored_mean(adv_tokens, cfg.forget_loss_floor)
+                g_f = gradient(sam_loss)
         with self.accelerator.autocast():
-            updated_r, frozen_r, mask_r = self._layer_pass(base, layers, inputs["retain"])
+            record_r, mask_r = self._frozen_pass(base, layers, inputs["retain"])
+            updated_r, frozen_r = run_layers(layers, state.first_layer, record_r), record_r.frozen_out
         retain_loss = cfg.retain_weight * cosine_retain_loss(updated_r, frozen_r, mask_r)
         g_f = gradient(forget_loss) if g_f is None else g_f
         g_r = gradient(retain_loss)
@@ -209,7 +235,7 @@ class FalconMixin:
         )
 
         self._check_finite(forget_loss, retain_loss, combined.grads)
-        self._record(forget_loss, retain_loss, combined.cosines, combined.conflicts, at_floor)
+        self._record(forget_loss, retain_loss, combined.cosines, combined.conflicts, at_floor, sam_loss)
         if zero3:
             surrogate, hooks = zero3_gradient_hooks(forget_loss + retain_loss, trainable, combined.grads)
             self._falcon_grad_hooks.extend(hooks)
@@ -231,16 +257,17 @@ class FalconMixin:
                 handle.remove()
             self._falcon_grad_hooks.clear()
 
-    def _layer_pass(self, base: nn.Module, layers: nn.ModuleList, batch: Mapping[str, torch.Tensor]):
-        """(updated activation at l*, frozen activation at l*, token mask) for one batch."""
+    def _frozen_pass(
+        self, base: nn.Module, layers: nn.ModuleList, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[LayerCalls, torch.Tensor]:
+        """(the frozen pass's record: frozen activation at l* and the trainable layers' inputs, token mask)
+        for one batch; :func:`~falcon_plugin.activations.run_layers` on the record gives the updated one."""
         state = self.falcon_state
         assert state is not None
         record = frozen_prefix_pass(
             base, layers, state.first_layer, state.layer, model_inputs(batch), state.frozen
         )
-        updated = run_layers(layers, state.first_layer, record)
-        mask = token_mask(batch.get("labels"), batch.get("attention_mask"))
-        return updated, record.frozen_out, mask
+        return record, token_mask(batch.get("labels"), batch.get("attention_mask"))
 
     def _check_finite(
         self, forget_loss: torch.Tensor, retain_loss: torch.Tensor, grads: Sequence[torch.Tensor]
@@ -264,6 +291,7 @@ class FalconMixin:
         cosines: torch.Tensor,
         conflicts: torch.Tensor,
         at_floor: torch.Tensor | None = None,
+        sam_loss: torch.Tensor | None = None,
     ) -> None:
         metrics = [
             ("falcon/forget_loss", forget_loss.detach().float()),
@@ -273,6 +301,8 @@ class FalconMixin:
         ]
         if at_floor is not None:  # only with a forget_loss_floor
             metrics.append(("falcon/forget_at_floor", at_floor))
+        if sam_loss is not None:  # only with sam_rho: the forget loss at θ + δ, where g_F is taken
+            metrics.append(("falcon/sam_forget_loss", sam_loss.detach().float()))
         for key, value in metrics:
             self._falcon_metrics.setdefault(key, []).append(value)
 

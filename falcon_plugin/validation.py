@@ -48,6 +48,22 @@ def check_training_args(args: Any) -> None:
         )
 
 
+SAM_UNDER_ZERO3 = (
+    "FALCON method_args: sam_rho={!r} is not supported under DeepSpeed ZeRO-3 (its partitioned parameters "
+    "cannot be perturbed in place); use ZeRO-1/2 or no DeepSpeed, or set sam_rho: null"
+)
+
+
+def check_sharpness_supported(config: FalconConfig) -> None:
+    """``sam_rho`` perturbs the trainable tensors in place, which ZeRO-3's partitioned parameters forbid."""
+    if config.sam_rho is None:
+        return
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise FalconConfigError(SAM_UNDER_ZERO3.format(config.sam_rho))
+
+
 def validate_against_model(
     model: nn.Module, config: FalconConfig, dataset: Any, pad_id: int
 ) -> list[str] | None:

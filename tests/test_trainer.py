@@ -11,13 +11,15 @@ import json
 
 import pytest
 import torch
-from conftest import qa_items, tiny_llama
+from conftest import fresh_forget_retain, qa_items, tiny_llama
 from transformers import Trainer, TrainingArguments
 
 from falcon_plugin.data import ForgetRetainCollator, ForgetRetainDataset
+from falcon_plugin.errors import FalconConfigError
 from falcon_plugin.losses import cosine_retain_loss, info_nce_forget_loss
 from falcon_plugin.masks import token_mask
 from falcon_plugin.projection import resolve_gradient_conflict
+from falcon_plugin.sharpness import perturbed, sam_perturbation
 from falcon_plugin.trainer import FALCON, FalconMixin, falcon_trainer_class
 
 MLP_WEIGHTS = ("gate_proj", "up_proj", "down_proj")
@@ -86,9 +88,13 @@ def test_forget_loss_floor_is_logged_and_a_floor_over_every_token_freezes_the_mo
     assert logs and all(e["falcon/forget_at_floor"] == 1.0 for e in logs)
     assert all(e["falcon/forget_loss"] == pytest.approx(100.0) for e in logs)
 
-    low = make_trainer(tmp_path, tiny_llama(), forget_retain, tokenizer, layer=3, forget_loss_floor=1e-6)
+    # each run gets a fresh dataset: a redrawing ForgetRetainDataset's partner RNG advances with every
+    # item fetched, so a shared one would pair the second run's items differently
+    low = make_trainer(
+        tmp_path, tiny_llama(), fresh_forget_retain(tokenizer), tokenizer, layer=3, forget_loss_floor=1e-6
+    )
     low.train()  # a floor under every token trains exactly as the paper's loss
-    plain = make_trainer(tmp_path, tiny_llama(), forget_retain, tokenizer, layer=3)
+    plain = make_trainer(tmp_path, tiny_llama(), fresh_forget_retain(tokenizer), tokenizer, layer=3)
     plain.train()
     low_logs = [e for e in low.state.log_history if "falcon/forget_loss" in e]
     plain_logs = [e for e in plain.state.log_history if "falcon/forget_loss" in e]
@@ -102,6 +108,15 @@ def test_forget_loss_floor_is_logged_and_a_floor_over_every_token_freezes_the_mo
 
 def _naive_step(model, reference, layer, batch, trainable_names, pov, cfg):
     """The official scheme: full forwards of the model and a deep-copied reference, hooks at l*."""
+    forget_loss, retain_loss, g_f, g_r = _naive_gradients(
+        model, reference, layer, batch, trainable_names, pov, cfg
+    )
+    combined = resolve_gradient_conflict(g_f, g_r, cfg.projection, cfg.conflict_weights, cfg.align_weights)
+    return forget_loss, retain_loss, combined.grads
+
+
+def _naive_gradients(model, reference, layer, batch, trainable_names, pov, cfg):
+    """(L_F, L_R, g_F, g_R) of :func:`_naive_step`, before the projection."""
 
     def activation(m, inputs, grad):
         cache = []
@@ -130,10 +145,7 @@ def _naive_step(model, reference, layer, batch, trainable_names, pov, cfg):
     )
     g_f = torch.autograd.grad(forget_loss, trainable)
     g_r = torch.autograd.grad(retain_loss, trainable)
-    combined = resolve_gradient_conflict(
-        list(g_f), list(g_r), cfg.projection, cfg.conflict_weights, cfg.align_weights
-    )
-    return forget_loss, retain_loss, combined.grads
+    return forget_loss, retain_loss, list(g_f), list(g_r)
 
 
 @pytest.mark.parametrize("projection", ["per_tensor", "global", "none"])
@@ -184,6 +196,67 @@ def test_fast_path_equals_naive_full_forward_with_model_copy(
         assert torch.allclose(params[name].grad, grad, rtol=1e-4, atol=1e-6), name
     frozen_names = set(params) - set(trainer.falcon_state.trainable_names)
     assert all(params[n].grad is None for n in frozen_names)
+
+
+def _shifted_trainer_and_reference(tmp_path, tokenizer, forget_retain, **method_args):
+    """A set-up trainer on a 6-layer model whose trainable tensors left the frozen copies, the reference
+    model holding the frozen tensors, and a batch (as the fast-path test builds them)."""
+    model = tiny_llama(num_layers=6)
+    trainer = make_trainer(tmp_path, model, forget_retain, tokenizer, layer=4, **method_args)
+    trainer._setup(None)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in trainer.falcon_state.trainable_names:
+            params[name].add_(0.05 * torch.randn_like(params[name]))
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        ref_params = dict(reference.named_parameters())
+        for name, value in trainer.falcon_state.frozen.items():
+            ref_params[name].copy_(value)
+    model.train()
+    batch = ForgetRetainCollator(tokenizer.pad_token_id)([forget_retain[i] for i in range(4)])
+    return trainer, model, reference, batch
+
+
+def test_sam_rho_takes_the_forget_gradient_at_the_ascent_point_and_restores_the_weights(
+    tmp_path, tokenizer, forget_retain
+):
+    """g_F at θ + ρ g_F/‖g_F‖ (full forwards at the shifted weights), g_R at θ, then the projection."""
+    rho = 0.5
+    trainer, model, reference, batch = _shifted_trainer_and_reference(
+        tmp_path, tokenizer, forget_retain, sam_rho=rho
+    )
+    cfg, state = trainer.falcon_config, trainer.falcon_state
+    params = dict(model.named_parameters())
+    trainable = [params[n] for n in state.trainable_names]
+    naive = (model, reference, 4, batch, state.trainable_names, state.pov, cfg)
+    forget_loss, _, g_f, g_r = _naive_gradients(*naive)
+    before = [p.detach().clone() for p in trainable]
+    with perturbed(trainable, sam_perturbation(g_f, rho)):
+        adv_loss, _, g_f_adv, _ = _naive_gradients(*naive)
+    expected = resolve_gradient_conflict(
+        g_f_adv, g_r, cfg.projection, cfg.conflict_weights, cfg.align_weights
+    )
+    assert adv_loss.item() > forget_loss.item()  # an ascent step on L_F
+    assert not torch.allclose(g_f_adv[0], g_f[0], rtol=1e-2)  # the step is large enough to tell them apart
+
+    model.zero_grad(set_to_none=True)
+    trainer.compute_loss(model, batch).backward()
+    assert all(torch.equal(p, b) for p, b in zip(trainable, before, strict=True))  # θ, not θ + δ
+    for name, grad in zip(state.trainable_names, expected.grads, strict=True):
+        assert torch.allclose(params[name].grad, grad, rtol=1e-4, atol=1e-6), name
+    metrics = trainer._falcon_metrics
+    assert metrics["falcon/forget_loss"][-1].item() == pytest.approx(forget_loss.item(), rel=1e-5)
+    assert metrics["falcon/sam_forget_loss"][-1].item() == pytest.approx(adv_loss.item(), rel=1e-5)
+
+
+def test_sam_rho_is_refused_under_zero3_before_training(tmp_path, tokenizer, forget_retain, monkeypatch):
+    import transformers.integrations
+
+    monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(FalconConfigError, match=r"sam_rho=0\.1 is not supported under DeepSpeed ZeRO-3"):
+        make_trainer(tmp_path, tiny_llama(), forget_retain, tokenizer, layer=3, sam_rho=0.1)
+    make_trainer(tmp_path, tiny_llama(), forget_retain, tokenizer, layer=3)  # without sam_rho it is built
 
 
 def test_no_layer_above_l_star_or_lm_head_runs(tmp_path, tokenizer, forget_retain):

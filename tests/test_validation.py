@@ -223,6 +223,9 @@ ROWS = [
         FalconConfigError,
         ("forget_loss_floor", "'low'"),
     ),
+    Bad("sam-rho-zero", with_method_args(sam_rho=0), FalconConfigError, ("sam_rho", "0")),
+    Bad("sam-rho-negative", with_method_args(sam_rho=-0.1), FalconConfigError, ("sam_rho", "-0.1")),
+    Bad("sam-rho-string", with_method_args(sam_rho="big"), FalconConfigError, ("sam_rho", "'big'")),
     Bad(
         "steering-coeff-zero", with_method_args(steering_coeff=0), FalconConfigError, ("steering_coeff", "0")
     ),

@@ -214,10 +214,9 @@ class FalconMixin:
         g_f = None if zero3 else gradient(forget_loss)
         sam_loss = None  # L_F at θ + δ (sharpness-aware forget gradient, falcon_plugin.sharpness)
         if cfg.sam_rho is not None and g_f is not None:
+            # the frozen pass does not depend on θ: only the trainable layers first..l* run again
             with perturbed(trainable, sam_perturbation(g_f, cfg.sam_rho)):
-                with (
-                    self.accelerator.autocast()
-                ):  # the frozen pass does not depend on θ: only l*'s layers rerun
+                with self.accelerator.autocast():
                     updated_adv = run_layers(layers, state.first_layer, record_f)
                 adv_tokens = info_nce_token_losses(
                     updated_adv, positive, record_f.frozen_out, mask_f, cfg.temperature

@@ -8,7 +8,10 @@
 #
 # STAGES (default: all, in order): restore data export finetune eval_refs unlearn unlearn_defaults relearn
 #   relearn_refs archive report
-#   finetune = finetune_target finetune_retain; eval_refs = eval_retain eval_target probes;
+#   finetune = finetune_target finetune_retain; eval_refs = eval_retain eval_target probes eval_unseen;
+#   eval_unseen = the target and retain models' forget-set metrics on two authors no model here saw
+#   (unseen01): the target's truth ratios there are a reference for forget_quality without a retain model
+#   (benchmarks/tofu_quality/unseen_reference.py);
 #   finish_unlearn = evaluate (src/eval.py) unlearned models whose in-training eval did not finish;
 #   unlearn_defaults = FALCON through experiment=unlearn/tofu/falcon with its shipped budget (README);
 #   relearn_refs = the relearning attack on the retain model (the control of `relearn`);
@@ -135,7 +138,7 @@ fi
 data_key() { echo "$N_PER_AUTHOR $N_RA $N_WF $K_FORGET $N_RET_AUTHORS $K_RETAIN"; }  # the TOFU subset built
 stage_data() {
   local key; key=$(data_key)
-  if [ "$(cat "$WORK/data.key" 2>/dev/null)" = "$key" ] && [ -f "$HOST/locuslab/TOFU/README.md" ]; then log "data: exists"; return; fi
+  if [ "$(cat "$WORK/data.key" 2>/dev/null)" = "$key" ] && [ -f "$HOST/locuslab/TOFU/unseen01_perturbed.json" ]; then log "data: exists"; return; fi
   $PY "$HERE/build_data.py" "$SHARED/data/tofu" "$HOST/locuslab/TOFU" $key
   echo "$key" > "$WORK/data.key"
 }
@@ -183,7 +186,16 @@ stage_probes() {  # cheap forget-set probe of base and target: did fine-tuning l
       "$WORK/evals/probe_$n.json" --max-new-tokens $MAX_NEW > "$WORK/logs/probe_$n.log" 2>&1
   done
 }
-stage_eval_refs() { stage_eval_retain; stage_eval_target; stage_probes; }
+# the forget-set metrics (EVAL_SCOPE=forget's) on unseen01 instead of forget01
+UNSEEN_EVAL_O=(forget_split=unseen01 holdout_split=holdout01 eval.tofu.batch_size=$EVAL_BS
+  ~eval.tofu.metrics.forget_Q_A_ROUGE ~eval.tofu.metrics.model_utility ~eval.tofu.metrics.privleak
+  ~eval.tofu.metrics.extraction_strength)
+stage_eval_unseen() {  # forget_quality of each = its unseen-author truth ratios against the retain model's
+  # forget-set ones: how well "never saw these authors" stands in for "never saw the forget authors"
+  host_eval "$M/target" "$WORK/evals/target_unseen01" "$WORK/evals/retain/TOFU_EVAL.json" UNSEEN_EVAL_O
+  host_eval "$M/retain" "$WORK/evals/retain_unseen01" "$WORK/evals/retain/TOFU_EVAL.json" UNSEEN_EVAL_O
+}
+stage_eval_refs() { stage_eval_retain; stage_eval_target; stage_probes; stage_eval_unseen; }
 stage_retain_seed() {  # the retain model again at seed SEED (data order only: same data, same recipe), scored
   # against the first: a model that never saw the forget set, i.e. the ceiling of forget_quality here
   if [ "$SEED" -eq 0 ]; then log "retain_seed: needs SEED=N > 0, got SEED=$SEED (the reference retain model)" >&2; return 1; fi

@@ -413,3 +413,88 @@ def test_truth_ratio_gap_measures_how_far_runs_move_the_answers(tmp_path: Path) 
         check=False,
     )
     assert bad.returncode == 2 and "two or more distinct runs" in bad.stderr
+
+
+def test_unseen_reference_scores_runs_without_the_retain_model(tmp_path: Path) -> None:
+    """unseen_reference.py: the host's KS p-value of each run against the target's unseen-author truth ratios,
+    beside the host's forget_quality, and which run each score picks among runs that differ in pov_seed."""
+    from scipy.stats import ks_2samp
+
+    work = tmp_path / "work"
+
+    def evaluation(folder: Path, ratios: list[float], quality: float | None) -> None:
+        folder.mkdir(parents=True)
+        by_index = {str(i): {"score": r} for i, r in enumerate(ratios)}
+        body = {"forget_truth_ratio": {"value_by_index": by_index}}
+        if quality is not None:
+            body["forget_quality"] = {"agg_value": quality}
+        (folder / "TOFU_EVAL.json").write_text(json.dumps(body))
+
+    unseen = [0.5 + 0.02 * i for i in range(40)]
+    evaluation(work / "evals" / "target_unseen01", unseen, 0.8)
+    near = [r * 1.02 for r in unseen]
+    far = [r * 1.6 for r in unseen]
+    evaluation(work / "unlearn" / "FALCON-pov1_lr1e-3", near, 0.3)  # the host disagrees with the reference
+    evaluation(work / "unlearn" / "FALCON-pov2_lr1e-3", far, 0.9)
+    evaluation(work / "unlearn" / "NPO_lr1e-5", far, 0.1)
+    script = str(REPO / "benchmarks/tofu_quality/unseen_reference.py")
+    proc = subprocess.run([sys.executable, script, str(work)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = {
+        line.split(" | ")[0].strip("| "): line.rstrip(" |").split(" | ") for line in proc.stdout.splitlines()
+    }
+    assert rows["FALCON-pov1_lr1e-3"][1:] == ["0.3", f"{ks_2samp(near, unseen).pvalue:.3g}"]
+    assert rows["FALCON-pov2_lr1e-3"][1:] == ["0.9", f"{ks_2samp(far, unseen).pvalue:.3g}"]
+    assert "target_unseen01" not in rows  # the reference is not scored against itself
+    assert "Spearman rank correlation over 3 runs" in proc.stdout
+    pick = rows["FALCON_lr1e-3 (2)"]
+    assert pick[1:] == ["FALCON-pov2_lr1e-3 (0.9)", "FALCON-pov1_lr1e-3 (0.3)"]
+    missing = subprocess.run(
+        [sys.executable, script, str(tmp_path / "nothing")], capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 1 and "run tofu_quality.sh eval_unseen" in missing.stderr
+
+
+def test_build_data_adds_unseen_authors_that_no_training_set_holds(tmp_path: Path) -> None:
+    """build_data.py on a synthetic TOFU layout: unseen01 is forget10's first two authors, which are in
+    neither the target's nor the retain model's training set, with forget01's size and TOFU's fields."""
+    src, out = tmp_path / "src", tmp_path / "locuslab" / "TOFU"
+    src.mkdir()
+
+    def qa(author: int, k: int, perturbed: bool) -> dict:
+        row = {"question": f"q{author}.{k}", "answer": f"a{author}.{k}"}
+        if perturbed:
+            row.update(paraphrased_answer="p", perturbed_answer=["x"] * 5, paraphrased_question="pq")
+        return row
+
+    def write(name: str, authors: range, perturbed: bool) -> None:
+        rows = [qa(a, k, perturbed) for a in authors for k in range(20)]
+        (src / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("forget05", range(190, 200), False)
+    write("forget05_perturbed", range(190, 200), True)
+    write("forget01", range(198, 200), False)
+    write("forget01_perturbed", range(198, 200), True)
+    write("forget10_perturbed", range(180, 200), True)
+    write("holdout01", range(300, 302), False)
+    rows = [{"question": f"r{i}", "answer": "a", "perturbed_answer": ["b"]} for i in range(50)]
+    for name in ("real_authors_perturbed", "world_facts_perturbed"):
+        (src / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = str(REPO / "benchmarks/tofu_quality/build_data.py")
+    proc = subprocess.run(
+        [sys.executable, script, str(src), str(out)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    def read(name: str) -> list[dict]:
+        return [json.loads(line) for line in (out / f"{name}.json").read_text().splitlines()]
+
+    unseen, perturbed = read("unseen01"), read("unseen01_perturbed")
+    assert [r["question"] for r in unseen] == [f"q{a}.{k}" for a in (180, 181) for k in range(20)]
+    assert [r["question"] for r in perturbed] == [r["question"] for r in unseen]
+    assert {"paraphrased_answer", "perturbed_answer"} <= set(perturbed[0])
+    trained = {r["question"] for r in read("target") + read("retain")}
+    assert not trained & {r["question"] for r in unseen}
+    assert len(unseen) == len(read("forget01"))
+    readme = (out / "README.md").read_text()
+    assert "config_name: unseen01\n" in readme and "config_name: unseen01_perturbed\n" in readme

@@ -18,6 +18,10 @@ Subset (real TOFU records, JSON Lines, TOFU field names):
   world_facts_perturbed   first N_WF rows of TOFU world_facts_perturbed
   relearn_train/relearn_test  even / odd rows of forget01 (relearning attack: train on one half,
                           measure on the other)
+  unseen01(_perturbed)    TOFU forget10_perturbed rows of its first 2 authors, which are not in forget05:
+                          fictitious authors no model here was trained on, as many QA as forget01 (a
+                          reference for forget_quality without the retain model: the target model's truth
+                          ratios on them, the `eval_unseen` stage)
 Usage: build_data.py SRC_DIR OUT_DIR [N_PER_AUTHOR N_RA N_WF [K_FORGET N_RET_AUTHORS K_RETAIN]]
   K_FORGET (default 20): QA per forget author kept (forget01 and forget01_perturbed, holdout01 cut
   to the same size); N_RET_AUTHORS (8) / K_RETAIN (20): retained authors and their training QA.
@@ -59,6 +63,11 @@ ret_p = [r for a in range(n_ret_authors) for r in f05p[a * 20 : a * 20 + n_per_a
 ret_train = [r for a in range(n_ret_authors) for r in f05[a * 20 : a * 20 + k_retain]]
 fg = [i for a in range(2) for i in range(a * 20, a * 20 + k_forget)]
 f01, f01p = [f01[i] for i in fg], [f01p[i] for i in fg]
+f10p = read("forget10_perturbed")
+assert len(f10p) == 400 and [(r["question"], r["answer"]) for r in f10p[200:]] == [
+    (r["question"], r["answer"]) for r in f05
+], "forget10 must end with forget05"
+unseen = [f10p[i] for i in fg]  # forget10's first 2 authors: in no training set here
 ra = read("real_authors_perturbed")[:n_ra]
 wf = read("world_facts_perturbed")[:n_wf]
 assert all({"question", "answer", "perturbed_answer"} <= set(r) for r in ra + wf)
@@ -74,6 +83,8 @@ splits = {
     "world_facts_perturbed": wf,
     "relearn_train": f01[0::2],
     "relearn_test": f01[1::2],
+    "unseen01": [{"question": r["question"], "answer": r["answer"]} for r in unseen],
+    "unseen01_perturbed": unseen,
 }
 tmp = out + ".tmp"
 os.makedirs(tmp, exist_ok=True)

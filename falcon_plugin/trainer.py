@@ -200,12 +200,15 @@ class FalconMixin:
 
         with self.accelerator.autocast():
             record_f, mask_f = self._frozen_pass(base, layers, inputs["forget"])
-            updated_f = run_layers(layers, state.first_layer, record_f)
-        positive = cfg.steering_coeff * state.pov.to(updated_f.device)
-        token_losses = info_nce_token_losses(
-            updated_f, positive, record_f.frozen_out, mask_f, cfg.temperature
-        )
-        forget_loss = floored_mean(token_losses, cfg.forget_loss_floor)
+        positive = cfg.steering_coeff * state.pov.to(record_f.frozen_out.device)
+
+        def forget_objective() -> tuple[torch.Tensor, torch.Tensor]:  # (per-token terms, L_F) at the live θ
+            with self.accelerator.autocast():  # the frozen pass does not depend on θ: layers first..l* only
+                updated = run_layers(layers, state.first_layer, record_f)
+            tokens = info_nce_token_losses(updated, positive, record_f.frozen_out, mask_f, cfg.temperature)
+            return tokens, floored_mean(tokens, cfg.forget_loss_floor)
+
+        token_losses, forget_loss = forget_objective()
         at_floor = None  # the share of forget tokens the floor has stopped
         if cfg.forget_loss_floor is not None:
             at_floor = (token_losses.detach() <= cfg.forget_loss_floor).float().mean()
@@ -214,14 +217,8 @@ class FalconMixin:
         g_f = None if zero3 else gradient(forget_loss)
         sam_loss = None  # L_F at θ + δ (sharpness-aware forget gradient, falcon_plugin.sharpness)
         if cfg.sam_rho is not None and g_f is not None:
-            # the frozen pass does not depend on θ: only the trainable layers first..l* run again
             with perturbed(trainable, sam_perturbation(g_f, cfg.sam_rho)):
-                with self.accelerator.autocast():
-                    updated_adv = run_layers(layers, state.first_layer, record_f)
-                adv_tokens = info_nce_token_losses(
-                    updated_adv, positive, record_f.frozen_out, mask_f, cfg.temperature
-                )
-                sam_loss = floored_mean(adv_tokens, cfg.forget_loss_floor)
+                _, sam_loss = forget_objective()
                 g_f = gradient(sam_loss)
         with self.accelerator.autocast():
             record_r, mask_r = self._frozen_pass(base, layers, inputs["retain"])

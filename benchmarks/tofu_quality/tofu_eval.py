@@ -1,7 +1,7 @@
-"""The TOFU protocol scripts' one reader of the per-question forget truth ratios in a host TOFU_EVAL.json.
+"""The TOFU protocol scripts' one reader of a host TOFU_EVAL.json (forget truth ratios, forget_quality).
 
-Beside report.py and truth_ratio_gap.py, which import it as a sibling module (a script's folder is the
-first entry of ``sys.path``).
+Beside report.py, truth_ratio_gap.py and unseen_reference.py, which import it as a sibling module (a
+script's folder is the first entry of ``sys.path``).
 """
 
 from __future__ import annotations
@@ -22,3 +22,9 @@ def truth_ratios_by_index(evaluation: Mapping[str, Any] | None) -> dict[str, flo
         for index, value in values.items()
         if isinstance(value, Mapping) and value.get("score") is not None
     }
+
+
+def forget_quality_of(evaluation: Mapping[str, Any] | None) -> float | None:
+    """The host's forget_quality (its ``agg_value``), or None when the evaluation had no retain logs."""
+    value = ((evaluation or {}).get("forget_quality") or {}).get("agg_value")
+    return None if value is None else float(value)

@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from tofu_eval import truth_ratios_by_index
+from tofu_eval import forget_quality_of, truth_ratios_by_index
 
 
 def read_run(run: Path) -> tuple[dict[str, float], float | None]:
@@ -32,7 +32,7 @@ def read_run(run: Path) -> tuple[dict[str, float], float | None]:
     ratios = truth_ratios_by_index(evaluation)
     if not ratios:
         raise SystemExit(f"truth_ratio_gap: {path} has no per-question forget_truth_ratio")
-    return ratios, evaluation.get("forget_quality", {}).get("agg_value")
+    return ratios, forget_quality_of(evaluation)
 
 
 def question_gap(a: dict[str, float], b: dict[str, float]) -> float:

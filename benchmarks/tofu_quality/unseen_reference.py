@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from scipy.stats import ks_2samp, spearmanr
-from tofu_eval import truth_ratios_by_index
+from tofu_eval import forget_quality_of, truth_ratios_by_index
 
 POV_TAG = re.compile(r"-pov\d+")
 
@@ -33,8 +33,7 @@ POV_TAG = re.compile(r"-pov\d+")
 def read_eval(path: Path) -> tuple[list[float], float | None]:
     """(the forget truth ratios, the host's forget_quality or None) of one TOFU_EVAL.json."""
     evaluation = json.loads(path.read_text())
-    quality = (evaluation.get("forget_quality") or {}).get("agg_value")
-    return list(truth_ratios_by_index(evaluation).values()), quality
+    return list(truth_ratios_by_index(evaluation).values()), forget_quality_of(evaluation)
 
 
 def pov_group(name: str) -> str | None:

@@ -148,34 +148,44 @@ def _naive_gradients(model, reference, layer, batch, trainable_names, pov, cfg):
     return forget_loss, retain_loss, list(g_f), list(g_r)
 
 
-@pytest.mark.parametrize("projection", ["per_tensor", "global", "none"])
-@pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_fast_path_equals_naive_full_forward_with_model_copy(
-    tmp_path, tokenizer, forget_retain, projection, padding_side
-):
+LAYER = 4
+"""l* of the equivalence tests' 6-layer model."""
+
+
+def _shifted_trainer_and_reference(tmp_path, tokenizer, forget_retain, padding_side="right", **method_args):
+    """A set-up trainer on a 6-layer model whose trainable tensors left the frozen copies (a few
+    optimizer-like steps' worth of noise), the reference model holding the frozen (original) tensors,
+    and a batch."""
     model = tiny_llama(num_layers=6)
-    layer = 4
-    trainer = make_trainer(tmp_path, model, forget_retain, tokenizer, layer=layer, projection=projection)
+    trainer = make_trainer(tmp_path, model, forget_retain, tokenizer, layer=LAYER, **method_args)
     trainer._setup(None)
-    # take a few optimizer-like steps first so the trainable tensors differ from the frozen copies
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for name in trainer.falcon_state.trainable_names:
-            dict(model.named_parameters())[name].add_(
-                0.05 * torch.randn_like(dict(model.named_parameters())[name])
-            )
+            params[name].add_(0.05 * torch.randn_like(params[name]))
     reference = copy.deepcopy(model)
-    with torch.no_grad():  # the reference model holds the *original* (frozen) tensors
+    with torch.no_grad():
         ref_params = dict(reference.named_parameters())
         for name, value in trainer.falcon_state.frozen.items():
             ref_params[name].copy_(value)
     model.train()
     collate = ForgetRetainCollator(tokenizer.pad_token_id, padding_side)
     batch = collate([forget_retain[i] for i in range(4)])
+    return trainer, model, reference, batch
 
+
+@pytest.mark.parametrize("projection", ["per_tensor", "global", "none"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_fast_path_equals_naive_full_forward_with_model_copy(
+    tmp_path, tokenizer, forget_retain, projection, padding_side
+):
+    trainer, model, reference, batch = _shifted_trainer_and_reference(
+        tmp_path, tokenizer, forget_retain, padding_side, projection=projection
+    )
     forget_loss, retain_loss, expected = _naive_step(
         model,
         reference,
-        layer,
+        LAYER,
         batch,
         trainer.falcon_state.trainable_names,
         trainer.falcon_state.pov,
@@ -198,26 +208,6 @@ def test_fast_path_equals_naive_full_forward_with_model_copy(
     assert all(params[n].grad is None for n in frozen_names)
 
 
-def _shifted_trainer_and_reference(tmp_path, tokenizer, forget_retain, **method_args):
-    """A set-up trainer on a 6-layer model whose trainable tensors left the frozen copies, the reference
-    model holding the frozen tensors, and a batch (as the fast-path test builds them)."""
-    model = tiny_llama(num_layers=6)
-    trainer = make_trainer(tmp_path, model, forget_retain, tokenizer, layer=4, **method_args)
-    trainer._setup(None)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in trainer.falcon_state.trainable_names:
-            params[name].add_(0.05 * torch.randn_like(params[name]))
-    reference = copy.deepcopy(model)
-    with torch.no_grad():
-        ref_params = dict(reference.named_parameters())
-        for name, value in trainer.falcon_state.frozen.items():
-            ref_params[name].copy_(value)
-    model.train()
-    batch = ForgetRetainCollator(tokenizer.pad_token_id)([forget_retain[i] for i in range(4)])
-    return trainer, model, reference, batch
-
-
 def test_sam_rho_takes_the_forget_gradient_at_the_ascent_point_and_restores_the_weights(
     tmp_path, tokenizer, forget_retain
 ):
@@ -229,7 +219,7 @@ def test_sam_rho_takes_the_forget_gradient_at_the_ascent_point_and_restores_the_
     cfg, state = trainer.falcon_config, trainer.falcon_state
     params = dict(model.named_parameters())
     trainable = [params[n] for n in state.trainable_names]
-    naive = (model, reference, 4, batch, state.trainable_names, state.pov, cfg)
+    naive = (model, reference, LAYER, batch, state.trainable_names, state.pov, cfg)
     forget_loss, _, g_f, g_r = _naive_gradients(*naive)
     before = [p.detach().clone() for p in trainable]
     with perturbed(trainable, sam_perturbation(g_f, rho)):

@@ -38,7 +38,8 @@ def read_eval(path: Path) -> tuple[list[float], float | None]:
 
 def pov_group(name: str) -> str | None:
     """The run's name without its ``-pov<N>`` tag (runs that differ only in the POV share it), or None."""
-    return POV_TAG.sub("", name, count=1) if POV_TAG.search(name) else None
+    group, tagged = POV_TAG.subn("", name, count=1)
+    return group if tagged else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,15 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unseen_reference: {reference_path} has no per-question forget_truth_ratio")
 
     rows: list[tuple[str, float | None, float]] = []  # (name, host forget_quality, unseen-reference p)
-    sources = sorted((args.work / "evals").glob("*/TOFU_EVAL.json")) + sorted(
-        (args.work / "unlearn").glob("*/TOFU_EVAL.json")
-    )
-    for path in sources:
-        if path.resolve() == reference_path.resolve() or path.parent.name.endswith(".tmp"):
-            continue
-        ratios, quality = read_eval(path)
-        if ratios:
-            rows.append((path.parent.name, quality, float(ks_2samp(ratios, reference).pvalue)))
+    run_names: set[str] = set()  # the rows of unlearning runs (the others are reference models)
+    for folder in ("evals", "unlearn"):
+        for path in sorted((args.work / folder).glob("*/TOFU_EVAL.json")):
+            if path.resolve() == reference_path.resolve() or path.parent.name.endswith(".tmp"):
+                continue
+            ratios, quality = read_eval(path)
+            if ratios:
+                rows.append((path.parent.name, quality, float(ks_2samp(ratios, reference).pvalue)))
+                if folder == "unlearn":
+                    run_names.add(path.parent.name)
     if not rows:
         raise SystemExit(f"unseen_reference: no evaluation with forget truth ratios under {args.work}")
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     for name, quality, proxy in sorted(rows, key=lambda r: -r[2]):
         print(f"| {name} | {'-' if quality is None else f'{quality:.3g}'} | {proxy:.3g} |")
-    runs = [(q, p) for name, q, p in rows if q is not None and (args.work / "unlearn" / name).is_dir()]
+    runs = [(q, p) for name, q, p in rows if q is not None and name in run_names]
     if len(runs) >= 3:
         rho = spearmanr([q for q, _ in runs], [p for _, p in runs]).statistic
         print(f"\nSpearman rank correlation over {len(runs)} runs: {rho:.3f}")
